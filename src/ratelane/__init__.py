@@ -1,0 +1,56 @@
+"""ratelane: run many OpenAI API requests as fast as the rate limits allow, resumably.
+
+Public API (everything else is private)::
+
+    results = ratelane.run_many(prompts, model="gpt-4.1-mini")
+    results = await ratelane.arun_many(prompts, model="gpt-4.1-mini")
+    async for result in ratelane.iter_results(prompts, model="gpt-4.1-mini"): ...
+    async with ratelane.Client() as client: await client.create({...})
+"""
+
+from ._api import Client, Results, arun_many, iter_results, run_many
+from ._config import PROFILES, Price, Profile, RetryPolicy
+from ._durations import format_duration, parse_duration
+from ._errors import (
+    APIError,
+    ConfigurationError,
+    FatalError,
+    InputError,
+    OutputLockedError,
+    RatelaneError,
+    RequestTimeout,
+    TransportError,
+)
+from ._models import ErrorInfo, Request, Result, RunStats, Usage
+from ._retry import backoff_wait
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROFILES",
+    "APIError",
+    "Client",
+    "ConfigurationError",
+    "ErrorInfo",
+    "FatalError",
+    "InputError",
+    "OutputLockedError",
+    "Price",
+    "Profile",
+    "RatelaneError",
+    "Request",
+    "RequestTimeout",
+    "Result",
+    "Results",
+    "RetryPolicy",
+    "RunStats",
+    "TransportError",
+    "Usage",
+    "__version__",
+    "arun_many",
+    "backoff_wait",
+    "format_duration",
+    "iter_results",
+    "parse_duration",
+    "run_many",
+]

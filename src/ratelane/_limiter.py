@@ -1,0 +1,256 @@
+"""Client-side rate governance: two token buckets, tuned from headers, and one cool-down gate.
+
+Rules taken from how OpenAI enforces limits (see the protocol notes):
+
+* Bucket *capacity* is a fraction of a second's worth of the per-minute limit,
+  refilled continuously, because the server enforces limits over short
+  quanta: a bucket holding a minute's budget bursts straight into 429s.
+* ``x-ratelimit-limit-*`` sizes the buckets; ``remaining``/``reset`` may only
+  slow admission down, never grant extra burst.
+* A 429 closes one gate for the whole run (not one sleep per request), cuts
+  the rate multiplicatively, and the rate climbs back linearly afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+
+from aiolimiter import AsyncLimiter
+
+from ._wire import RateLimitHeaders
+
+__all__ = ["RateGovernor"]
+
+logger = logging.getLogger("ratelane")
+
+
+class _TunableLimiter(AsyncLimiter):
+    """An aiolimiter bucket whose rate and capacity can change while tasks wait on it."""
+
+    __slots__ = ()
+
+    def retune(self, rate_per_s: float, capacity: float) -> None:
+        self._leak()
+        self.max_rate = capacity
+        self.time_period = capacity / rate_per_s
+        self._rate_per_sec = rate_per_s
+        self._level = min(self._level, capacity)
+        self._wake_next()
+
+    def fill(self) -> None:
+        """Mark the bucket full, so nothing bursts through when a cool-down ends."""
+        self._leak()
+        self._level = self.max_rate
+
+    async def acquire_any(self, amount: float) -> None:
+        """Acquire ``amount`` even when it exceeds capacity, a capacity's worth at a time."""
+        while amount > self.max_rate:
+            await self.acquire(self.max_rate)
+            amount -= self.max_rate
+        await self.acquire(amount)
+
+    @property
+    def level(self) -> float:
+        self._leak()
+        return float(self._level)
+
+
+class RateGovernor:
+    """Decides when the next attempt may start.
+
+    ``rpm``/``tpm`` are ceilings from the caller (``None``: learn from headers).
+    Until the first answer arrives, only one attempt is admitted when any limit
+    is still unknown, so a run never opens with a blind burst.
+    ``headroom`` is the fraction of the learned limit to aim for, ``burst_s``
+    how many seconds' worth of budget one bucket holds.
+    """
+
+    def __init__(
+        self,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        headroom: float = 0.985,
+        burst_s: float = 0.5,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._rpm_ceiling = rpm
+        self._tpm_ceiling = tpm
+        self._headroom = headroom
+        self._burst_s = burst_s
+        self._clock = clock
+        self.learned_rpm: float | None = None
+        self.learned_tpm: float | None = None
+        self._requests: _TunableLimiter | None = None
+        self._tokens: _TunableLimiter | None = None
+        self._factor = 1.0
+        self._factor_cut_at = -math.inf
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._closed_until = 0.0
+        self._reopen_handle: asyncio.TimerHandle | None = None
+        self._probe_sent = rpm is not None and tpm is not None
+        self._first_answer = asyncio.Event()
+        if self._probe_sent:
+            self._first_answer.set()
+        self.cooldowns = 0
+        self._retune()
+
+    # -- time ---------------------------------------------------------------
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    # -- admission ----------------------------------------------------------
+    @property
+    def requests_per_minute(self) -> float | None:
+        """The request rate currently aimed for, per minute (``None``: unlimited)."""
+        limiter = self._requests
+        return None if limiter is None else limiter._rate_per_sec * 60
+
+    @property
+    def tokens_per_minute(self) -> float | None:
+        limiter = self._tokens
+        return None if limiter is None else limiter._rate_per_sec * 60
+
+    @property
+    def cooling_down(self) -> bool:
+        return not self._gate.is_set()
+
+    async def admit(self, tokens: int) -> None:
+        """Wait until one more attempt charging ``tokens`` may start."""
+        if not self._first_answer.is_set():
+            if not self._probe_sent:
+                self._probe_sent = True
+            else:
+                await self._first_answer.wait()
+        while True:
+            if not self._gate.is_set():
+                await self._gate.wait()
+            if self._requests is not None:
+                await self._requests.acquire(1)
+            if self._tokens is not None and tokens > 0:
+                await self._tokens.acquire_any(tokens)
+            # A cool-down that began while we queued applies to us too.
+            if self._gate.is_set():
+                return
+
+    def observe(self, headers: RateLimitHeaders | None, *, typical_tokens: int = 0) -> None:
+        """Learn from one answer's rate-limit headers (``None``: the answer had none)."""
+        self._first_answer.set()
+        if headers is None:
+            self._retune()
+            return
+        if headers.limit_requests:
+            self.learned_rpm = headers.limit_requests
+        if headers.limit_tokens:
+            self.learned_tpm = headers.limit_tokens
+        self._retune()
+        pause = 0.0
+        if headers.remaining_requests is not None and headers.remaining_requests < 1:
+            rpm = self.learned_rpm or 60.0
+            pause = min(headers.reset_requests_s or math.inf, 60.0 / rpm)
+        if (
+            headers.remaining_tokens is not None
+            and typical_tokens > 0
+            and headers.remaining_tokens < typical_tokens
+            and self.learned_tpm
+        ):
+            refill_s = (typical_tokens - headers.remaining_tokens) / (self.learned_tpm / 60.0)
+            pause = max(pause, min(headers.reset_tokens_s or math.inf, refill_s))
+        if pause > 0:
+            self._close_gate(pause)
+
+    def cool_down(self, seconds: float) -> bool:
+        """Pause admission for everyone for ``seconds`` after a 429 and slow down.
+
+        Returns True when this starts a new cool-down (not an extension)."""
+        started = self._gate.is_set()
+        now = self._now()
+        if started:
+            self.cooldowns += 1
+            self._factor = max(0.5, self._current_factor(now) * 0.8)
+            self._factor_cut_at = now
+            logger.warning(
+                "rate limited (429): pausing all requests for %.2fs, "
+                "then resuming at %.0f%% of the limit",
+                seconds,
+                self._factor * 100,
+            )
+        self._close_gate(seconds)
+        self._retune()
+        return started
+
+    def _close_gate(self, seconds: float) -> None:
+        now = self._now()
+        until = now + seconds
+        if until <= self._closed_until and not self._gate.is_set():
+            return
+        self._closed_until = max(until, self._closed_until)
+        self._gate.clear()
+        if self._reopen_handle is not None:
+            self._reopen_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._reopen_handle = loop.call_later(self._closed_until - now, self._reopen)
+
+    def _reopen(self) -> None:
+        self._reopen_handle = None
+        for limiter in (self._requests, self._tokens):
+            if limiter is not None:
+                limiter.fill()
+        self._gate.set()
+
+    # -- tuning -------------------------------------------------------------
+    def _current_factor(self, now: float) -> float:
+        # Linear recovery: back to the full rate 10 s after a cut of 20%.
+        recovered = self._factor + 0.02 * max(0.0, now - self._factor_cut_at)
+        return min(1.0, recovered)
+
+    def _retune(self) -> None:
+        factor = self._current_factor(self._now()) if self._factor < 1.0 else 1.0
+        if factor >= 1.0:
+            self._factor = 1.0
+        self._requests = self._tuned(
+            self._requests, _effective(self._rpm_ceiling, self.learned_rpm), factor, minimum=1.0
+        )
+        self._tokens = self._tuned(
+            self._tokens, _effective(self._tpm_ceiling, self.learned_tpm), factor, minimum=1.0
+        )
+
+    def _tuned(
+        self,
+        limiter: _TunableLimiter | None,
+        per_minute: float | None,
+        factor: float,
+        *,
+        minimum: float,
+    ) -> _TunableLimiter | None:
+        if per_minute is None:
+            return None
+        rate_per_s = per_minute / 60.0 * self._headroom * factor
+        capacity = max(minimum, rate_per_s * self._burst_s)
+        if limiter is None:
+            return _TunableLimiter(capacity, capacity / rate_per_s)
+        if limiter._rate_per_sec != rate_per_s or limiter.max_rate != capacity:
+            limiter.retune(rate_per_s, capacity)
+        return limiter
+
+    def __repr__(self) -> str:
+        def show(value: float | None) -> str:
+            return "unlimited" if value is None else f"{value:.0f}"
+
+        return (
+            f"<RateGovernor rpm={show(self.requests_per_minute)} tpm={show(self.tokens_per_minute)}"
+            f" learned_rpm={show(self.learned_rpm)} learned_tpm={show(self.learned_tpm)}"
+            f" cooling_down={self.cooling_down} cooldowns={self.cooldowns}>"
+        )
+
+
+def _effective(ceiling: float | None, learned: float | None) -> float | None:
+    if ceiling is None:
+        return learned
+    if learned is None:
+        return ceiling
+    return min(ceiling, learned)

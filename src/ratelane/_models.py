@@ -1,0 +1,182 @@
+"""The values that flow through a run: requests in, results and stats out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ErrorInfo", "Request", "Result", "RunStats", "Usage"]
+
+SUPPORTED_PATHS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request to send: a JSON body for ``path`` (relative to the API root).
+
+    ``custom_id`` is the caller's key, echoed on the result; when omitted it is
+    ``"request-<index>"`` with the item's 0-based position in the input.
+    """
+
+    body: Mapping[str, Any]
+    custom_id: str | None = None
+    path: str = "/v1/responses"
+    method: str = "POST"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts normalised across endpoints (Responses, Chat Completions, Embeddings)."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def from_body(cls, body: Any) -> Usage | None:
+        """Read ``usage`` from a response body of any supported endpoint, or ``None``."""
+        if not isinstance(body, Mapping):
+            return None
+        usage = body.get("usage")
+        if not isinstance(usage, Mapping):
+            return None
+
+        def number(mapping: Any, key: str) -> int:
+            value = mapping.get(key) if isinstance(mapping, Mapping) else None
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+        if "input_tokens" in usage:
+            input_tokens = number(usage, "input_tokens")
+            output_tokens = number(usage, "output_tokens")
+            cached = number(usage.get("input_tokens_details"), "cached_tokens")
+            reasoning = number(usage.get("output_tokens_details"), "reasoning_tokens")
+        else:
+            input_tokens = number(usage, "prompt_tokens")
+            output_tokens = number(usage, "completion_tokens")
+            cached = number(usage.get("prompt_tokens_details"), "cached_tokens")
+            reasoning = number(usage.get("completion_tokens_details"), "reasoning_tokens")
+        total = number(usage, "total_tokens") or input_tokens + output_tokens
+        return cls(input_tokens, cached, output_tokens, reasoning, total)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why a request failed: the server's error object, or ours for transport failures.
+
+    ``code`` examples: ``rate_limit_exceeded``, ``invalid_api_key``,
+    ``connection_error``, ``timeout``, ``invalid_json``.
+    """
+
+    code: str | None
+    message: str
+    type: str | None = None
+    param: str | None = None
+
+
+def output_text_of(body: Any) -> str:
+    """Joined text of a Responses body's ``output_text`` parts, or a chat completion's
+    first message content; ``""`` when there is none (like the SDK's ``output_text``)."""
+    if not isinstance(body, Mapping):
+        return ""
+    output = body.get("output")
+    if isinstance(output, list):
+        parts: list[str] = []
+        for item in output:
+            if not isinstance(item, Mapping) or item.get("type") != "message":
+                continue
+            content = item.get("content")
+            if not isinstance(content, list):
+                continue
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type") == "output_text":
+                    text = part.get("text")
+                    if isinstance(text, str):
+                        parts.append(text)
+        return "".join(parts)
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        message = choices[0].get("message")
+        if isinstance(message, Mapping) and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one request. A failure is a Result with ``ok=False``, never an exception.
+
+    ``body`` is the server's JSON for the last attempt (the error body on
+    failure, when there was one); ``attempts`` counts every HTTP attempt,
+    including a resend without a dropped parameter.
+    """
+
+    index: int
+    custom_id: str
+    ok: bool
+    status_code: int | None = None
+    body: Any = None
+    error: ErrorInfo | None = None
+    request_id: str | None = None
+    attempts: int = 0
+    latency_s: float = 0.0
+    usage: Usage | None = None
+    dropped_params: tuple[str, ...] = ()
+    path: str = "/v1/responses"
+
+    @property
+    def output_text(self) -> str:
+        return output_text_of(self.body)
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Summary of a run, filled in as results arrive."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    attempts: int = 0
+    rate_limited: int = 0
+    cooldowns: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    elapsed_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list, repr=False)
+    cost_usd: float | None = None
+
+    @property
+    def completed(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.completed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def latency_percentile(self, percent: float) -> float:
+        """Latency at ``percent`` (0-100) by nearest rank; 0.0 with no results."""
+        if not self.latencies_s:
+            return 0.0
+        ordered = sorted(self.latencies_s)
+        rank = max(0, min(len(ordered) - 1, round(percent / 100 * len(ordered) + 0.5) - 1))
+        return ordered[rank]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "latencies_s"
+        }
+        data.update(
+            completed=self.completed,
+            requests_per_s=round(self.requests_per_s, 2),
+            latency_p50_s=round(self.latency_percentile(50), 4),
+            latency_p95_s=round(self.latency_percentile(95), 4),
+            latency_p99_s=round(self.latency_percentile(99), 4),
+        )
+        return data

@@ -1,0 +1,104 @@
+"""The one place aiohttp is spoken: send a body, get status, headers and bytes back.
+
+aiohttp's exceptions are translated here and nowhere else, into
+TransportError / RequestTimeout, with messages that never include headers
+(the Authorization header carries the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from ._errors import ConfigurationError, RequestTimeout, TransportError
+from ._wire import auth_headers, join_url, mask_key
+
+__all__ = ["Reply", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    raw: bytes
+
+
+class Transport:
+    """One pooled aiohttp session for a whole run."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        organization: str | None = None,
+        project: str | None = None,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+        max_connections: int = 256,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"base_url must start with http:// or https://, got {base_url!r}. "
+                "HINT: pass the API root, e.g. https://api.openai.com/v1"
+            )
+        if timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ConfigurationError("timeout_s and connect_timeout_s must be positive seconds")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._headers = auth_headers(api_key, organization=organization, project=project)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<Transport base_url={self.base_url!r} api_key={mask_key(self._api_key)!r}>"
+
+    async def __aenter__(self) -> Transport:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers=self._headers,
+            skip_auto_headers=("User-Agent",),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url_for(self, path: str) -> str:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = join_url(self.base_url, path)
+        return url
+
+    async def post(self, path: str, payload: bytes) -> Reply:
+        session = self._session
+        if session is None:
+            raise RuntimeError("Transport used outside 'async with'")
+        url = self.url_for(path)
+        try:
+            async with session.post(url, data=payload) as response:
+                raw = await response.read()
+                return Reply(response.status, response.headers, raw)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"no complete answer from {url} within the timeout") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(f"cannot connect to {url}: {exc.os_error}") from None
+        except aiohttp.ClientPayloadError:
+            raise TransportError(f"connection to {url} broke while reading the answer") from None
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"{type(exc).__name__} talking to {url}: {exc}") from None

@@ -1,0 +1,91 @@
+"""HTTP wire details: URLs, request headers, and the headers servers answer with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._durations import parse_duration
+
+__all__ = ["RateLimitHeaders", "auth_headers", "join_url", "mask_key", "read_rate_limit_headers"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def mask_key(api_key: str | None) -> str:
+    """``sk-...abcd``: enough to tell keys apart, never enough to use one."""
+    if not api_key:
+        return "<none>"
+    return f"{api_key[:3]}...{api_key[-4:]}" if len(api_key) > 10 else "***"
+
+
+def join_url(base_url: str, path: str) -> str:
+    """Join an SDK-style base URL (``.../v1``) with a Batch-style path (``/v1/responses``).
+
+    The ``/v1`` is not doubled: ``http://h/v1`` + ``/v1/responses`` is
+    ``http://h/v1/responses``; a base without ``/v1`` keeps the path whole.
+    """
+    base = base_url.rstrip("/")
+    if not path.startswith("/"):
+        path = "/" + path
+    if base.endswith("/v1") and (path.startswith("/v1/") or path == "/v1"):
+        path = path[3:]
+    return base + path
+
+
+def auth_headers(
+    api_key: str, *, organization: str | None = None, project: str | None = None
+) -> dict[str, str]:
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    if organization:
+        headers["OpenAI-Organization"] = organization
+    if project:
+        headers["OpenAI-Project"] = project
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitHeaders:
+    """The six ``x-ratelimit-*`` values; each ``None`` when absent or unreadable."""
+
+    limit_requests: float | None = None
+    limit_tokens: float | None = None
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+
+def _number(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    # Azure sometimes sends -1: treat impossible values as absent.
+    return number if number >= 0 else None
+
+
+def _duration(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    return None if value is None else parse_duration(value)
+
+
+def read_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | None:
+    """The rate-limit view a response carries, or ``None`` if it carries none."""
+    if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+        return None
+    return RateLimitHeaders(
+        limit_requests=_number(headers, "x-ratelimit-limit-requests"),
+        limit_tokens=_number(headers, "x-ratelimit-limit-tokens"),
+        remaining_requests=_number(headers, "x-ratelimit-remaining-requests"),
+        remaining_tokens=_number(headers, "x-ratelimit-remaining-tokens"),
+        reset_requests_s=_duration(headers, "x-ratelimit-reset-requests"),
+        reset_tokens_s=_duration(headers, "x-ratelimit-reset-tokens"),
+    )
