@@ -16,16 +16,36 @@ def _error(code: str | None, message: str = "m", kind: str = "invalid_request_er
     [
         (200, {"status": "completed"}, Verdict.SUCCESS),
         (200, {"status": "incomplete"}, Verdict.SUCCESS),
-        (200, {"status": "failed", "error": {"code": "server_error", "message": "x"}}, Verdict.RETRY),
-        (200, {"status": "failed", "error": {"code": "invalid_prompt", "message": "x"}}, Verdict.PERMANENT),
+        (
+            200,
+            {"status": "failed", "error": {"code": "server_error", "message": "x"}},
+            Verdict.RETRY,
+        ),
+        (
+            200,
+            {"status": "failed", "error": {"code": "invalid_prompt", "message": "x"}},
+            Verdict.PERMANENT,
+        ),
         (408, _error(None), Verdict.RETRY),
         (409, _error(None), Verdict.RETRY),
         (500, _error("server_error", kind="server_error"), Verdict.RETRY),
         (502, None, Verdict.RETRY),
         (503, _error("server_is_overloaded"), Verdict.RETRY),
-        (429, _error("rate_limit_exceeded", "Rate limit reached for m", "requests"), Verdict.RETRY_RATE_LIMITED),
-        (429, _error("rate_limit_exceeded", "Request too large for m on tokens per min", "tokens"), Verdict.PERMANENT),
-        (429, _error("insufficient_quota", "You exceeded your current quota", "insufficient_quota"), Verdict.FATAL),
+        (
+            429,
+            _error("rate_limit_exceeded", "Rate limit reached for m", "requests"),
+            Verdict.RETRY_RATE_LIMITED,
+        ),
+        (
+            429,
+            _error("rate_limit_exceeded", "Request too large for m on tokens per min", "tokens"),
+            Verdict.PERMANENT,
+        ),
+        (
+            429,
+            _error("insufficient_quota", "You exceeded your current quota", "insufficient_quota"),
+            Verdict.FATAL,
+        ),
         (429, _error(None, "You exceeded your current quota", "insufficient_quota"), Verdict.FATAL),
         (429, _error("credit_balance_exhausted"), Verdict.FATAL),
         (401, _error("invalid_api_key"), Verdict.FATAL),
@@ -42,21 +62,35 @@ def test_classify_table(status: int, body: object, verdict: Verdict) -> None:
 def test_x_should_retry_overrides_status_rules_but_not_fatal() -> None:
     assert classify(400, _error(None), should_retry_header="true").verdict is Verdict.RETRY
     assert classify(500, _error(None), should_retry_header="false").verdict is Verdict.PERMANENT
-    assert classify(401, _error("invalid_api_key"), should_retry_header="true").verdict is Verdict.FATAL
+    assert (
+        classify(401, _error("invalid_api_key"), should_retry_header="true").verdict
+        is Verdict.FATAL
+    )
 
 
 def test_droppable_parameter_rejections() -> None:
     droppable = frozenset({"reasoning", "temperature", "top_p", "seed"})
     body = {"model": "m", "input": "x", "reasoning": {"effort": "low"}, "seed": 1}
-    reasoning = _error("unsupported_parameter", "Unsupported parameter: 'reasoning.effort' is not supported with this model.", param="reasoning.effort")
+    reasoning = _error(
+        "unsupported_parameter",
+        "Unsupported parameter: 'reasoning.effort' is not supported with this model.",
+        param="reasoning.effort",
+    )
     judged = classify(400, reasoning, request_body=body, droppable=droppable)
     assert judged.verdict is Verdict.DROP_PARAM
     seed = _error("unknown_parameter", "Unknown parameter: 'seed'.", param="seed")
     assert classify(400, seed, request_body=body, droppable=droppable).verdict is Verdict.DROP_PARAM
     # Not in the body (already dropped) or not droppable: permanent.
-    temperature = _error("unsupported_parameter", "Unsupported parameter: 'temperature'", param="temperature")
-    assert classify(400, temperature, request_body=body, droppable=droppable).verdict is Verdict.PERMANENT
-    assert classify(400, seed, request_body=body, droppable=frozenset()).verdict is Verdict.PERMANENT
+    temperature = _error(
+        "unsupported_parameter", "Unsupported parameter: 'temperature'", param="temperature"
+    )
+    assert (
+        classify(400, temperature, request_body=body, droppable=droppable).verdict
+        is Verdict.PERMANENT
+    )
+    assert (
+        classify(400, seed, request_body=body, droppable=frozenset()).verdict is Verdict.PERMANENT
+    )
     # param missing but named in the message, as some compatible servers do
     info = ErrorInfo("unsupported_parameter", "Unsupported parameter: 'seed' is not supported.")
     assert param_to_drop(info, body, droppable) == "seed"

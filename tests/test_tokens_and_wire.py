@@ -16,7 +16,10 @@ def test_request_charge_adds_the_output_cap() -> None:
     body = {"input": "abcd", "max_output_tokens": 100}
     assert estimate_request_tokens(body) == 101
     assert estimate_request_tokens({"input": "abcd"}, default_output=7) == 8
-    assert estimate_request_tokens({"input": "abcd", "max_output_tokens": 100}, path="/v1/embeddings") == 1
+    assert (
+        estimate_request_tokens({"input": "abcd", "max_output_tokens": 100}, path="/v1/embeddings")
+        == 1
+    )
     assert output_budget({"max_tokens": 10, "n": 3}) == 30
     assert output_budget({"max_output_tokens": True}, default=5) == 5
 

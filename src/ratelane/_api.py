@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sized
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sized
 from types import TracebackType
 from typing import Any
 
@@ -212,22 +212,25 @@ class Client:
 
         Raises FatalError (carrying the finished results) if the run had to stop.
         """
+        defaults = _defaults(model, instructions, profile, body_defaults)
+        engine = self.engine
+        engine.stats = RunStats()
         collected: dict[int, Result] = {}
-        try:
-            async for result in self.iter_results(
-                items,
-                model=model,
-                instructions=instructions,
-                profile=profile,
-                progress=progress,
-                **body_defaults,
-            ):
+        with _progress_bar(progress, items) as bar:
+
+            async def sink(result: Result) -> None:
                 collected[result.index] = result
-        except FatalError as exc:
-            count = max(collected, default=-1) + 1
-            exc.results = [collected.get(index) for index in range(count)]
-            raise
-        return Results((collected[index] for index in sorted(collected)), self.engine.stats)
+                bar.update(1)
+
+            try:
+                await engine.run(
+                    _requests(items, defaults), sink, max_concurrency=self.max_concurrency
+                )
+            except FatalError as exc:
+                count = max(collected, default=-1) + 1
+                exc.results = [collected.get(index) for index in range(count)]
+                raise
+        return Results((collected[index] for index in range(len(collected))), engine.stats)
 
 
 _NO_DEFAULTS = BodyDefaults({})
@@ -257,30 +260,34 @@ def _defaults(
     return BodyDefaults(fields)
 
 
-async def _requests(
+def _requests(
     items: Items, defaults: BodyDefaults
+) -> Iterator[tuple[int, Request | Result]] | AsyncIterator[tuple[int, Request | Result]]:
+    if isinstance(items, AsyncIterable):
+        return _arequests(items, defaults)
+    return (_convert(item, index, defaults) for index, item in enumerate(items))
+
+
+async def _arequests(
+    items: AsyncIterable[Any], defaults: BodyDefaults
 ) -> AsyncIterator[tuple[int, Request | Result]]:
     index = 0
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield index, _convert(item, index, defaults)
-            index += 1
-    else:
-        for item in items:
-            yield index, _convert(item, index, defaults)
-            index += 1
+    async for item in items:
+        yield _convert(item, index, defaults)
+        index += 1
 
 
-def _convert(item: Any, index: int, defaults: BodyDefaults) -> Request | Result:
+def _convert(item: Any, index: int, defaults: BodyDefaults) -> tuple[int, Request | Result]:
     try:
-        return to_request(item, index, defaults)
+        return index, to_request(item, index, defaults)
     except InputError as exc:
-        return Result(
+        invalid = Result(
             index=index,
             custom_id=f"request-{index}",
             ok=False,
             error=ErrorInfo("invalid_item", str(exc)),
         )
+        return index, invalid
 
 
 def _progress_bar(enabled: bool, items: Items) -> Any:

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = ["Engine"]
 logger = logging.getLogger("ratelane")
 
 Sink = Callable[[Result], Awaitable[None]]
+Item = tuple[int, "Request | Result"]
 SleepFn = Callable[[float], Awaitable[None]]
 _RETRYING = frozenset({Verdict.RETRY, Verdict.RETRY_RATE_LIMITED, Verdict.DROP_PARAM})
 
@@ -59,6 +60,8 @@ class _State:
     body: dict[str, Any]
     payload: bytes
     started: float
+    charge: int = -1
+    input_estimate: int = 0
     attempts: int = 0
     dropped: list[str] = field(default_factory=list)
 
@@ -91,6 +94,7 @@ class Engine:
         self._streak_key: tuple[int | None, str | None] | None = None
         self._streak = 0
         self._fatal: tuple[str, str] | None = None
+        self._stopping = False
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
     # -- one request ----------------------------------------------------------
@@ -106,12 +110,15 @@ class Engine:
         return _State(index, request, body, orjson.dumps(body), time.monotonic(), dropped=dropped)
 
     def _charge(self, state: _State) -> int:
-        estimate = estimate_input_tokens(state.body)
+        if state.charge >= 0:
+            return state.charge
+        estimate = state.input_estimate = estimate_input_tokens(state.body)
         if self._input_ratio > 1.0:
             estimate = math.ceil(estimate * self._input_ratio)
-        if state.request.path.endswith("/embeddings"):
-            return estimate
-        return estimate + output_budget(state.body, self.default_output_tokens)
+        if not state.request.path.endswith("/embeddings"):
+            estimate += output_budget(state.body, self.default_output_tokens)
+        state.charge = estimate
+        return estimate
 
     async def execute(self, index: int, request: Request) -> Result:
         """Send one request with retries; never raises for HTTP or transport failures."""
@@ -122,6 +129,15 @@ class Engine:
                 request,
                 "the body has no model. HINT: pass model=... or put 'model' in the body",
             )
+        first = await self._attempt(state)
+        if first.judgement.verdict not in _RETRYING or self.policy.max_attempts == 1:
+            return self._finish(state, first)
+        # Retrying machinery only for requests that need it: the happy path stays cheap.
+        replay = [first]
+
+        async def attempt_again(state: _State) -> _Attempt:
+            return replay.pop() if replay else await self._attempt(state)
+
         retrying = AsyncRetrying(
             stop=self._stop,
             wait=self._wait,
@@ -130,7 +146,7 @@ class Engine:
             retry_error_callback=_last_outcome,
             reraise=True,
         )
-        attempt: _Attempt = await retrying(self._attempt, state)
+        attempt: _Attempt = await retrying(attempt_again, state)
         return self._finish(state, attempt)
 
     def _stop(self, retry_state: RetryCallState) -> bool:
@@ -157,6 +173,15 @@ class Engine:
 
     async def _attempt(self, state: _State) -> _Attempt:
         charge = self._charge(state)
+        token_limit = self.governor.token_limit
+        if token_limit is not None and charge > token_limit:
+            # The server would answer "Request too large" and waiting never helps.
+            message = (
+                f"request needs about {charge} tokens (input estimate plus output cap), more "
+                f"than the whole tokens-per-minute limit of {token_limit:.0f}. HINT: lower "
+                "max_output_tokens or shorten the input"
+            )
+            return _Attempt(Judgement(Verdict.PERMANENT, ErrorInfo("request_too_large", message)))
         await self.governor.admit(charge)
         state.attempts += 1
         began = time.monotonic()
@@ -240,6 +265,7 @@ class Engine:
         del state.body[name]
         state.dropped.append(name)
         state.payload = orjson.dumps(state.body)
+        state.charge = -1
         model = str(state.body.get("model"))
         known = self._dropped_by_model.setdefault(model, set())
         if name not in known:
@@ -341,13 +367,13 @@ class Engine:
                 )
 
     def _learn_usage(self, state: _State, usage: Usage) -> None:
-        estimate = estimate_input_tokens(state.body)
+        charged = self._charge(state)
+        estimate = state.input_estimate
         if estimate > 0 and usage.input_tokens > 0:
             observed = usage.input_tokens / estimate
             # Only ever charge more than the character estimate: the server's own
             # admission charge is character-based, so charging less would overshoot.
             self._input_ratio = max(1.0, 0.9 * self._input_ratio + 0.1 * observed)
-        charged = self._charge(state)
         self._typical_tokens = (
             charged if not self._typical_tokens else ((self._typical_tokens * 15 + charged) // 16)
         )
@@ -358,48 +384,55 @@ class Engine:
         """``(reason, message)`` once the run must stop, else ``None``."""
         return self._fatal
 
+    def stop(self) -> None:
+        """Stop taking new items; requests already started run to completion."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping or self._fatal is not None
+
     async def run(
         self,
-        requests: AsyncIterator[tuple[int, Request | Result]],
+        requests: Iterator[Item] | AsyncIterator[Item],
         sink: Sink,
         *,
         max_concurrency: int,
     ) -> RunStats:
         """Drain ``requests`` through ``max_concurrency`` workers, handing each Result to ``sink``.
 
-        Items that are already a Result (invalid input) go straight to the sink.
-        Raises FatalError after in-flight requests finish when the run must stop.
+        Workers pull items straight from the (lazy) iterator, so at most
+        ``max_concurrency`` items are ever held. Items that are already a Result
+        (invalid input) go straight to the sink. Raises FatalError after
+        in-flight requests finish when the run must stop.
         """
-        queue: asyncio.Queue[tuple[int, Request | Result] | None] = asyncio.Queue(
-            maxsize=max_concurrency
-        )
         started = time.monotonic()
+        pull: Callable[[], Awaitable[Item | None]] | None = None
+        iterator: Iterator[Item] = iter(())
+        if isinstance(requests, AsyncIterator):
+            lock = asyncio.Lock()
+            source = requests
 
-        async def feed() -> None:
-            try:
-                async for item in requests:
-                    if self._fatal is not None:
-                        break
-                    await queue.put(item)
-            finally:
-                for _ in range(max_concurrency):
-                    await queue.put(None)
+            async def pull_async() -> Item | None:
+                async with lock:
+                    return await anext(source, None)
+
+            pull = pull_async
+        else:
+            iterator = requests
 
         async def work() -> None:
-            while True:
-                item = await queue.get()
+            while not self.stopping:
+                item = next(iterator, None) if pull is None else await pull()
                 if item is None:
                     return
                 index, request = item
                 if isinstance(request, Result):
                     await sink(request)
-                    continue
-                if self._fatal is not None:
-                    continue
-                await sink(await self.execute(index, request))
+                else:
+                    await sink(await self.execute(index, request))
 
-        tasks = [asyncio.ensure_future(feed())]
-        tasks += [asyncio.ensure_future(work()) for _ in range(max_concurrency)]
+        tasks = [asyncio.ensure_future(work()) for _ in range(max_concurrency)]
         try:
             await asyncio.gather(*tasks)
         finally:

@@ -92,6 +92,7 @@ class RateGovernor:
         self._gate.set()
         self._closed_until = 0.0
         self._reopen_handle: asyncio.TimerHandle | None = None
+        self._fill_on_reopen = False
         self._probe_sent = rpm is not None and tpm is not None
         self._first_answer = asyncio.Event()
         if self._probe_sent:
@@ -109,6 +110,11 @@ class RateGovernor:
         """The request rate currently aimed for, per minute (``None``: unlimited)."""
         limiter = self._requests
         return None if limiter is None else limiter._rate_per_sec * 60
+
+    @property
+    def token_limit(self) -> float | None:
+        """Tokens per minute the account allows (learned or given), ``None`` if unknown."""
+        return _effective(self._tpm_ceiling, self.learned_tpm)
 
     @property
     def tokens_per_minute(self) -> float | None:
@@ -179,6 +185,7 @@ class RateGovernor:
                 seconds,
                 self._factor * 100,
             )
+        self._fill_on_reopen = True
         self._close_gate(seconds)
         self._retune()
         return started
@@ -197,9 +204,12 @@ class RateGovernor:
 
     def _reopen(self) -> None:
         self._reopen_handle = None
-        for limiter in (self._requests, self._tokens):
-            if limiter is not None:
-                limiter.fill()
+        if self._fill_on_reopen:
+            # After a 429 the server's short-period bucket is empty: no burst.
+            self._fill_on_reopen = False
+            for limiter in (self._requests, self._tokens):
+                if limiter is not None:
+                    limiter.fill()
         self._gate.set()
 
     # -- tuning -------------------------------------------------------------

@@ -26,6 +26,11 @@ class Request:
     method: str = "POST"
 
 
+def _count(mapping: Any, key: str) -> int:
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if type(value) is int else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts normalised across endpoints (Responses, Chat Completions, Embeddings)."""
@@ -39,16 +44,14 @@ class Usage:
     @classmethod
     def from_body(cls, body: Any) -> Usage | None:
         """Read ``usage`` from a response body of any supported endpoint, or ``None``."""
-        if not isinstance(body, Mapping):
+        # Bodies come from orjson, so plain dict checks suffice (and are cheaper
+        # than the Mapping ABC on this per-result path).
+        if not isinstance(body, dict):
             return None
         usage = body.get("usage")
-        if not isinstance(usage, Mapping):
+        if not isinstance(usage, dict):
             return None
-
-        def number(mapping: Any, key: str) -> int:
-            value = mapping.get(key) if isinstance(mapping, Mapping) else None
-            return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
+        number = _count
         if "input_tokens" in usage:
             input_tokens = number(usage, "input_tokens")
             output_tokens = number(usage, "output_tokens")

@@ -42,6 +42,13 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
     Fields counted: ``instructions``, ``input``, ``messages``, ``prompt``; keys
     such as ``role`` count too, which slightly over-charges, the safe side.
     """
+    prompt = body.get("input")
+    instructions = body.get("instructions")
+    if isinstance(prompt, str) and (instructions is None or isinstance(instructions, str)):
+        # The common case, without walking every field.
+        chars = len(prompt) + (len(instructions) if instructions else 0)
+        if "messages" not in body and "prompt" not in body:
+            return -(-chars // CHARS_PER_TOKEN)
     chars = sum(_count_chars(body.get(field)) for field in _TEXT_FIELDS)
     return -(-chars // CHARS_PER_TOKEN)
 

@@ -50,14 +50,26 @@ def auth_headers(
 
 @dataclass(frozen=True, slots=True)
 class RateLimitHeaders:
-    """The six ``x-ratelimit-*`` values; each ``None`` when absent or unreadable."""
+    """The six ``x-ratelimit-*`` values; each ``None`` when absent or unreadable.
+
+    The reset durations are kept as text and parsed only when asked for: they
+    matter only when ``remaining`` runs low, and this runs once per response.
+    """
 
     limit_requests: float | None = None
     limit_tokens: float | None = None
     remaining_requests: float | None = None
     remaining_tokens: float | None = None
-    reset_requests_s: float | None = None
-    reset_tokens_s: float | None = None
+    reset_requests: str | None = None
+    reset_tokens: str | None = None
+
+    @property
+    def reset_requests_s(self) -> float | None:
+        return None if self.reset_requests is None else parse_duration(self.reset_requests)
+
+    @property
+    def reset_tokens_s(self) -> float | None:
+        return None if self.reset_tokens is None else parse_duration(self.reset_tokens)
 
 
 def _number(headers: Mapping[str, str], name: str) -> float | None:
@@ -72,11 +84,6 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
     return number if number >= 0 else None
 
 
-def _duration(headers: Mapping[str, str], name: str) -> float | None:
-    value = headers.get(name)
-    return None if value is None else parse_duration(value)
-
-
 def read_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | None:
     """The rate-limit view a response carries, or ``None`` if it carries none."""
     if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
@@ -86,6 +93,6 @@ def read_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | No
         limit_tokens=_number(headers, "x-ratelimit-limit-tokens"),
         remaining_requests=_number(headers, "x-ratelimit-remaining-requests"),
         remaining_tokens=_number(headers, "x-ratelimit-remaining-tokens"),
-        reset_requests_s=_duration(headers, "x-ratelimit-reset-requests"),
-        reset_tokens_s=_duration(headers, "x-ratelimit-reset-tokens"),
+        reset_requests=headers.get("x-ratelimit-reset-requests"),
+        reset_tokens=headers.get("x-ratelimit-reset-tokens"),
     )

@@ -1,0 +1,494 @@
+"""Checkpoint files: OUTPUT and ERRORS writing, torn-line repair, resume, the lock.
+
+OUTPUT holds one Batch-format line per *successful* request and is only ever
+appended to, so it doubles as the checkpoint: on restart, :class:`DoneSet`
+reads the ``custom_id`` of every success line and those requests are skipped.
+ERRORS is truncated at the start of every run: failures are never "done", so
+each one is sent again on resume, and ERRORS describes the latest run only.
+
+Crash safety: each line goes out as a single ``os.write`` of the complete
+line including its newline, so a crash can tear at most the last line;
+:func:`repair_torn_tail` cuts such a line away before appending again, and
+:class:`DoneSet` never reads a line without its newline as a result. Both
+files are ``fsync``-ed every ``fsync_interval_s`` and on close.
+
+Line shapes (OpenAI Batch output, protocol reference section 6.6)::
+
+    {"id": "batch_req_<hex>", "custom_id": "...",
+     "response": {"status_code": 200, "request_id": "req_...", "body": {...}},
+     "error": null, "ratelane": {"attempts": 1, "latency_s": 0.42, "dropped_params": []}}
+
+A failure has ``"error": {"code", "message"}`` and ``"response"`` set to the
+last HTTP response when there was one, else ``null``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+import uuid
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from ._batch_input import int64_hash_function, iter_sorted_int64
+from ._errors import ConfigurationError, OutputLockedError
+from ._models import Result
+
+__all__ = [
+    "DoneSet",
+    "OutputLock",
+    "ResultWriter",
+    "failure_line",
+    "repair_torn_tail",
+    "success_line",
+]
+
+logger = logging.getLogger(__name__)
+
+StrPath = str | os.PathLike[str]
+
+_BLOCK = 1 << 16
+_READ_BUFFER = 1 << 20
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+_DUMP_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
+# --------------------------------------------------------------------------- line shapes
+
+
+def _new_line_id() -> str:
+    return "batch_req_" + uuid.uuid4().hex
+
+
+def _dump(line: dict[str, Any]) -> bytes:
+    return orjson.dumps(line, default=str, option=_DUMP_OPTIONS)
+
+
+def _ratelane_extra(result: Result) -> dict[str, Any]:
+    return {
+        "attempts": result.attempts,
+        "latency_s": round(result.latency_s, 6),
+        "dropped_params": list(result.dropped_params),
+    }
+
+
+def success_line(result: Result, *, line_id: str | None = None) -> bytes:
+    """The OUTPUT line for a successful result, newline included.
+
+    ``line_id`` defaults to a fresh ``batch_req_<32 hex>``.
+    """
+    if not result.ok:
+        raise ValueError(f"result {result.custom_id!r} failed; write it with failure_line()")
+    return _dump(
+        {
+            "id": line_id or _new_line_id(),
+            "custom_id": result.custom_id,
+            "response": {
+                "status_code": result.status_code,
+                "request_id": result.request_id,
+                "body": result.body,
+            },
+            "error": None,
+            "ratelane": _ratelane_extra(result),
+        }
+    )
+
+
+def failure_line(result: Result, *, line_id: str | None = None) -> bytes:
+    """The ERRORS line for a failed result, newline included.
+
+    ``response`` is the last HTTP response (status, request id, error body)
+    when there was one, else ``null`` (connection errors, timeouts).
+    """
+    if result.ok:
+        raise ValueError(f"result {result.custom_id!r} succeeded; write it with success_line()")
+    error = result.error
+    response = None
+    if result.status_code is not None:
+        response = {
+            "status_code": result.status_code,
+            "request_id": result.request_id,
+            "body": result.body,
+        }
+    return _dump(
+        {
+            "id": line_id or _new_line_id(),
+            "custom_id": result.custom_id,
+            "response": response,
+            "error": {
+                "code": error.code if error else None,
+                "message": error.message if error else "the request failed without an error",
+            },
+            "ratelane": _ratelane_extra(result),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- torn tail
+
+
+def _rfind_newline(fd: int, stop: int) -> int:
+    """Offset of the last ``\\n`` before ``stop``, or -1."""
+    position = stop
+    while position > 0:
+        start = max(0, position - _BLOCK)
+        found = os.pread(fd, position - start, start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
+
+
+def _last_non_space(fd: int, stop: int) -> int:
+    """Offset of the last non-whitespace byte before ``stop``, or -1."""
+    position = stop
+    while position > 0:
+        start = max(0, position - _BLOCK)
+        kept = len(os.pread(fd, position - start, start).rstrip(_WHITESPACE))
+        if kept:
+            return start + kept - 1
+        position = start
+    return -1
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def repair_torn_tail(path: StrPath) -> int:
+    """Cut an incomplete last line off ``path``; return the bytes removed.
+
+    A last line without its newline (a crash mid-write) is removed, even if
+    it happens to parse: it is never treated as a result, and the request is
+    simply sent again. Then, if the last non-blank line is not valid JSON, it
+    is removed too. Earlier lines are never read: the file is scanned
+    backwards from the end, so this is cheap on any size. A missing file is
+    fine (0).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        end = size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            end = _rfind_newline(fd, size) + 1
+        last = _last_non_space(fd, end)
+        if last >= 0:
+            start = _rfind_newline(fd, last) + 1
+            if not _is_json(os.pread(fd, last + 1 - start, start)):
+                end = start
+        if end < size:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+            logger.warning(
+                "%s: removed %d bytes of an incomplete last line left by an interrupted run",
+                os.fspath(path),
+                size - end,
+            )
+        return size - end
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _success_ids(path: StrPath) -> Iterator[str]:
+    """``custom_id`` of each success line: ``"error": null`` and a 2xx status."""
+    try:
+        file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    unreadable = 0
+    with file:
+        for raw in file:
+            if not raw.endswith(b"\n"):
+                break  # a torn last line is never a result
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                unreadable += 0 if raw.isspace() else 1
+                continue
+            if not isinstance(line, dict) or line.get("error") is not None:
+                continue
+            response = line.get("response")
+            if not isinstance(response, dict):
+                continue
+            status = response.get("status_code")
+            if type(status) is not int or not 200 <= status < 300:
+                continue
+            custom_id = line.get("custom_id")
+            if isinstance(custom_id, str) and custom_id:
+                yield custom_id
+    if unreadable:
+        logger.warning("%s: ignored %d lines that are not JSON", os.fspath(path), unreadable)
+
+
+class DoneSet:
+    """The ``custom_id`` values already completed, as 64-bit hashes.
+
+    Held as a sorted ``array('q')`` (8 bytes an id), built by sorting in
+    chunks and merging, so no Python set or list of all the ids ever exists;
+    ``in`` is a binary search. ``hash_function`` defaults to Python's
+    ``hash()``, which is randomised per process: build and query a DoneSet in
+    the same process.
+
+    A hash collision would make an unfinished id look done. With ``n`` done
+    ids and ``m`` ids looked up, the chance is about ``n * m / 2**64``: for
+    ten million of each, about 5 in a million.
+    """
+
+    __slots__ = ("_hash_function", "_hashes")
+
+    def __init__(
+        self, custom_ids: Iterable[str] = (), *, hash_function: Callable[[str], int] = hash
+    ) -> None:
+        hash_of = int64_hash_function(hash_function)
+        collected = array("q", (hash_of(custom_id) for custom_id in custom_ids))
+        hashes = array("q")
+        previous: int | None = None
+        for value in iter_sorted_int64(collected):
+            if value != previous:
+                hashes.append(value)
+                previous = value
+        self._hashes = hashes
+        self._hash_function = hash_of
+
+    @classmethod
+    def from_output(cls, path: StrPath, *, hash_function: Callable[[str], int] = hash) -> DoneSet:
+        """The successes recorded in OUTPUT; empty if the file does not exist yet."""
+        return cls(_success_ids(path), hash_function=hash_function)
+
+    def __contains__(self, custom_id: object) -> bool:
+        if not isinstance(custom_id, str):
+            return False
+        value = self._hash_function(custom_id)
+        hashes = self._hashes
+        index = bisect_left(hashes, value)
+        return index < len(hashes) and hashes[index] == value
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __repr__(self) -> str:
+        return f"<DoneSet size={len(self):,}>"
+
+
+# --------------------------------------------------------------------------- lock
+
+
+class OutputLock:
+    """Exclusive lock on ``<output>.lock`` so two runs never append to one OUTPUT.
+
+    ``fcntl.flock`` (POSIX only), non-blocking; the holder's pid is written
+    into the lock file for the error message. The kernel drops the lock when
+    the process dies, so a crash never leaves a stale lock; the file itself
+    stays behind, harmless (deleting it would let two runs lock different
+    files under the same name). Locks are per open file description: a second
+    ``OutputLock`` on the same output fails even in the same process.
+    """
+
+    __slots__ = ("_fd", "_lock_path", "_output_path")
+
+    def __init__(self, output_path: StrPath) -> None:
+        self._output_path = Path(output_path)
+        self._lock_path = Path(os.fspath(output_path) + ".lock")
+        self._fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self._lock_path
+
+    @property
+    def locked(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`OutputLockedError` at once."""
+        if self._fd is not None:
+            raise RuntimeError(f"{self!r} is already held")
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise OutputLockedError(
+                f"{self._output_path} is being written by another ratelane run{who}, which "
+                f"holds {self._lock_path}. HINT: wait for that run to finish or stop it, "
+                "or write to a different output file."
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "held" if self.locked else "free"
+        return f"<OutputLock {str(self._lock_path)!r} {state}>"
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class ResultWriter:
+    """Appends each result to OUTPUT (successes) or ERRORS (failures).
+
+    On open, OUTPUT's torn last line, if any, is repaired and the file opened
+    for appending; ERRORS is truncated, because every earlier failure is sent
+    again on resume and ERRORS describes the latest run. Each line is one
+    ``os.write`` (no user-space buffer to flush); both files are fsync-ed
+    when ``fsync_interval_s`` has passed since the last fsync (0: after every
+    line) and on :meth:`close`. Hold an :class:`OutputLock` while writing.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_errors_fd",
+        "_fsync_interval_s",
+        "_last_fsync",
+        "_output_fd",
+        "errors_path",
+        "failed",
+        "output_path",
+        "repaired_bytes",
+        "succeeded",
+    )
+
+    def __init__(
+        self,
+        output_path: StrPath,
+        errors_path: StrPath,
+        *,
+        fsync_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not fsync_interval_s >= 0:
+            raise ConfigurationError(
+                f"fsync_interval_s must be 0 or more seconds, got {fsync_interval_s}"
+            )
+        if os.path.realpath(output_path) == os.path.realpath(errors_path):
+            raise ConfigurationError(
+                f"the errors file must differ from the output file ({os.fspath(output_path)}); "
+                "HINT: pass another path for errors, e.g. errors.jsonl"
+            )
+        self.output_path = Path(output_path)
+        self.errors_path = Path(errors_path)
+        self._fsync_interval_s = fsync_interval_s
+        self._clock = clock
+        self.repaired_bytes = repair_torn_tail(output_path)
+        self._output_fd: int | None = os.open(
+            output_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
+        try:
+            self._errors_fd: int | None = os.open(
+                errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644
+            )
+        except BaseException:
+            os.close(self._output_fd)
+            raise
+        self._last_fsync = clock()
+        self.succeeded = 0
+        self.failed = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._output_fd is None
+
+    def write(self, result: Result) -> None:
+        """Append one result's line; fsync both files if the interval has passed."""
+        if self._output_fd is None or self._errors_fd is None:
+            raise ValueError(f"{self!r} is closed")
+        if result.ok:
+            _write_all(self._output_fd, success_line(result))
+            self.succeeded += 1
+        else:
+            _write_all(self._errors_fd, failure_line(result))
+            self.failed += 1
+        if self._clock() - self._last_fsync >= self._fsync_interval_s:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync both files now."""
+        if self._output_fd is None or self._errors_fd is None:
+            return
+        os.fsync(self._output_fd)
+        os.fsync(self._errors_fd)
+        self._last_fsync = self._clock()
+
+    def close(self) -> None:
+        """fsync and close both files; calling it again does nothing."""
+        if self._output_fd is None or self._errors_fd is None:
+            return
+        try:
+            self.sync()
+        finally:
+            output_fd, errors_fd = self._output_fd, self._errors_fd
+            self._output_fd = self._errors_fd = None
+            try:
+                os.close(output_fd)
+            finally:
+                os.close(errors_fd)
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"<ResultWriter {str(self.output_path)!r} {state} "
+            f"succeeded={self.succeeded} failed={self.failed}>"
+        )

@@ -1,0 +1,54 @@
+"""A fake OpenAI API server for tests and benchmarks: real wire shapes, limits and faults.
+
+Three ways to run it:
+
+- ``async with FakeOpenAI(rpm=600, tpm=200_000) as server:`` inside a running loop;
+- ``with FakeOpenAI().run_in_thread() as server:`` from synchronous code;
+- ``ratelane fake-server --port 0 ...`` as a separate process; it prints one
+  JSON line (``base_url``, ``api_key``, ...) and serves until SIGINT/SIGTERM.
+  Admin endpoints ``POST /_fake/limits``, ``GET /_fake/ledger`` and
+  ``POST /_fake/reset`` control it from outside.
+
+The pytest fixture: write ``from ratelane.testing import fake_openai`` in a
+``conftest.py``. It is loaded lazily, so importing ``ratelane.testing``
+does not import pytest (a test-only dependency) unless the fixture is asked for.
+
+One request header forces a fault deterministically: ``x-fake-fault:`` one of
+``quota``, ``500``, ``502``, ``503``, ``reset``, ``stall``, ``truncated``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._app import FAULT_HEADER
+from ._bodies import ECHO_PREFIX, REASONING_TOKENS
+from ._config import FAULT_KINDS, Faults, Latency
+from ._ledger import Ledger, LedgerEntry
+from ._server import KEEP, FakeOpenAI
+
+if TYPE_CHECKING:
+    from ._fixture import fake_openai
+
+__all__ = [
+    "ECHO_PREFIX",
+    "FAULT_HEADER",
+    "FAULT_KINDS",
+    "KEEP",
+    "REASONING_TOKENS",
+    "FakeOpenAI",
+    "Faults",
+    "Latency",
+    "Ledger",
+    "LedgerEntry",
+    "fake_openai",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The fixture imports pytest; only load it when someone asks for it.
+    if name == "fake_openai":
+        from ._fixture import fake_openai
+
+        return fake_openai
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,147 @@
+"""``ratelane fake-server``: run the fake OpenAI server in the foreground.
+
+On start it prints exactly one JSON line to stdout (``base_url``, ``api_key``,
+``host``, ``port``, ``admin_url``, ``pid``) and flushes, so a parent process
+can find the port of ``--port 0``. It then serves until SIGINT or SIGTERM
+and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import Any
+
+import orjson
+
+from ._config import Faults, Latency
+from ._server import FakeOpenAI
+
+__all__ = ["add_parser", "run"]
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "fake-server",
+        help="run a fake OpenAI API server (for tests and benchmarks)",
+        description=(
+            "Serve an imitation of the OpenAI API (Responses, Chat Completions, Embeddings) "
+            "with real rate-limit headers, 429s and injectable faults. Prints one JSON line "
+            "with base_url and api_key, then serves until SIGINT/SIGTERM."
+        ),
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    add("--port", type=int, default=8000, help="port, 0 for any free one (default 8000)")
+    add("--api-key", default="sk-fake", help="the accepted API key (default sk-fake)")
+    add("--rpm", type=_positive, default=None, help="requests per minute (default unlimited)")
+    add("--tpm", type=_positive, default=None, help="tokens per minute (default unlimited)")
+    add("--quantum-s", type=_positive, default=1.0, help="enforcement period (default 1.0 s)")
+    add("--latency", type=_non_negative, default=0.0, help="seconds per answer (median)")
+    add("--latency-sigma", type=_non_negative, default=0.0, help="lognormal sigma (default 0)")
+    add("--latency-per-token", type=_non_negative, default=0.0, help="seconds per output token")
+    add("--fail-rate", type=_probability, default=0.0, help="probability of HTTP 500")
+    add("--fail-502-rate", type=_probability, default=0.0, help="probability of HTTP 502")
+    add("--fail-503-rate", type=_probability, default=0.0, help="probability of HTTP 503")
+    add("--reset-rate", type=_probability, default=0.0, help="probability of a connection reset")
+    add("--stall-rate", type=_probability, default=0.0, help="probability of a stall")
+    add("--stall-s", type=_non_negative, default=30.0, help="stall duration (default 30 s)")
+    add("--stall-then", choices=("answer", "drop"), default="drop", help="after a stall")
+    add("--truncate-rate", type=_probability, default=0.0, help="probability of cut JSON")
+    add("--quota-rate", type=_probability, default=0.0, help="probability of insufficient_quota")
+    add("--reject-reasoning", action="append", default=[], metavar="MODEL",
+        help="model that refuses 'reasoning' (repeatable)")  # fmt: skip
+    add("--reject-temperature", action="append", default=[], metavar="MODEL",
+        help="model that refuses 'temperature' (repeatable)")  # fmt: skip
+    add("--store-limit", type=int, default=10_000, help="stored responses kept (default 10000)")
+    add("--ledger-limit", type=int, default=10_000,
+        help="ledger entries kept; counters always (default 10000)")  # fmt: skip
+    add("--seed", type=int, default=0, help="seed for faults, latency and ids (default 0)")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def _server_from_args(args: argparse.Namespace) -> FakeOpenAI:
+    faults = Faults(
+        quota=args.quota_rate,
+        error_500=args.fail_rate,
+        error_502=args.fail_502_rate,
+        error_503=args.fail_503_rate,
+        reset=args.reset_rate,
+        stall=args.stall_rate,
+        truncated=args.truncate_rate,
+        stall_s=args.stall_s,
+        stall_then=args.stall_then,
+        reject_reasoning_models=frozenset(args.reject_reasoning),
+        reject_temperature_models=frozenset(args.reject_temperature),
+    )
+    return FakeOpenAI(
+        api_key=args.api_key,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        quantum_s=args.quantum_s,
+        latency=Latency(
+            args.latency, sigma=args.latency_sigma, per_output_token_s=args.latency_per_token
+        ),
+        faults=faults,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+        store_limit=args.store_limit,
+        ledger_limit=args.ledger_limit,
+    )
+
+
+async def _serve(server: FakeOpenAI) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: KeyboardInterrupt instead
+            loop.add_signal_handler(signum, stop.set)
+    async with server:
+        line = {
+            "base_url": server.base_url,
+            "api_key": server.api_key,
+            "host": server.options.host,
+            "port": server.port,
+            "admin_url": f"{server.url}/_fake",
+            "pid": os.getpid(),
+        }
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+        sys.stdout.flush()
+        await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        server = _server_from_args(args)
+    except (TypeError, ValueError) as exc:
+        print(f"ratelane fake-server: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(server))
+    return 0

@@ -1,0 +1,134 @@
+"""RateGovernor in virtual time: timers fire instantly, so no test waits for real seconds."""
+
+import asyncio
+import itertools
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from ratelane._limiter import RateGovernor
+from ratelane._wire import RateLimitHeaders
+
+T = TypeVar("T")
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps to the next timer whenever nothing is ready.
+
+    Minutes of rate limiting run in microseconds, and every wake-up time is
+    exact, so assertions can be tight without ever depending on the machine.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.virtual_now = 0.0
+
+    def time(self) -> float:
+        return self.virtual_now
+
+    def _run_once(self) -> None:
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        if not self._ready and scheduled:  # type: ignore[attr-defined]
+            # A microsecond of progress even when the next timer is "now": float
+            # rounding can make a limiter re-arm at the same instant forever.
+            self.virtual_now = max(self.virtual_now + 1e-6, scheduled[0].when())
+        super()._run_once()  # type: ignore[misc]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, timeout=3600))
+    finally:
+        loop.close()
+
+
+async def _admission_times(governor: RateGovernor, count: int, tokens: int = 0) -> list[float]:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def one() -> None:
+        await governor.admit(tokens)
+        times.append(loop.time())
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return times
+
+
+def test_ceiling_rate_is_obeyed_with_a_small_burst() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(rpm=600, tpm=10**9, headroom=1.0, burst_s=0.5)
+        times = await _admission_times(governor, 50)
+        # 10 per second with a burst of 5: the 50th admission lands at about 4.5 s.
+        assert sum(1 for t in times if t == 0.0) == 5
+        assert times[-1] == pytest.approx(4.5, abs=0.11)
+        gaps = [b - a for a, b in itertools.pairwise(times[5:])]
+        assert min(gaps) >= 0.099
+
+    run(scenario())
+
+
+def test_first_request_probes_alone_until_an_answer() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor()
+        await governor.admit(10)  # the probe
+        second = asyncio.ensure_future(governor.admit(10))
+        await asyncio.sleep(0)
+        assert not second.done()
+        governor.observe(RateLimitHeaders(limit_requests=120, limit_tokens=1_000_000))
+        await second
+        assert governor.learned_rpm == 120
+        assert governor.requests_per_minute == pytest.approx(120 * 0.985)
+
+    run(scenario())
+
+
+def test_learned_limits_are_capped_by_ceilings_and_follow_changes() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(rpm=100)
+        governor.observe(RateLimitHeaders(limit_requests=500, limit_tokens=30_000))
+        assert governor.requests_per_minute == pytest.approx(100 * 0.985)
+        assert governor.token_limit == 30_000
+        governor.observe(RateLimitHeaders(limit_requests=50, limit_tokens=20_000))
+        assert governor.requests_per_minute == pytest.approx(50 * 0.985)
+        assert governor.token_limit == 20_000
+
+    run(scenario())
+
+
+def test_cool_down_is_shared_and_cuts_the_rate() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(rpm=6000, tpm=10**9, headroom=1.0)
+        assert governor.cool_down(2.0) is True
+        assert governor.cool_down(1.0) is False  # an overlapping 429 does not stack
+        assert governor.cooldowns == 1
+        times = await _admission_times(governor, 20)
+        assert min(times) >= 2.0
+        assert governor.requests_per_minute is not None
+        assert governor.requests_per_minute < 6000
+
+    run(scenario())
+
+
+def test_remaining_zero_pauses_until_one_request_refills() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(rpm=60, tpm=10**9, headroom=1.0)
+        governor.observe(
+            RateLimitHeaders(limit_requests=60, remaining_requests=0, reset_requests="30s")
+        )
+        assert governor.cooling_down
+        times = await _admission_times(governor, 1)
+        assert times[0] == pytest.approx(1.0)
+
+    run(scenario())
+
+
+def test_token_charges_larger_than_the_bucket_still_pass() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(rpm=10**6, tpm=60_000, headroom=1.0, burst_s=0.5)
+        # Bucket holds 500 tokens, refills 1000/s: a 3000-token request takes ~2.5 s.
+        times = await _admission_times(governor, 1, tokens=3000)
+        assert times[0] == pytest.approx(2.5, abs=0.05)
+
+    run(scenario())

@@ -1,0 +1,216 @@
+"""The official openai SDK against the fake: where they disagree, the fake is wrong.
+
+Parsed objects are also re-validated with pydantic (the SDK itself builds them
+without validation), so a missing required field or a wrong type fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
+
+from ratelane.testing import FAULT_HEADER, FakeOpenAI, Faults
+
+KEY = "sk-sdk-test-0123456789"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(api_key=KEY) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key=KEY, max_retries=0, timeout=10
+    ) as sdk:
+        yield sdk
+
+
+async def test_create_retrieve_delete(server: FakeOpenAI, client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(
+        model="gpt-5-mini",
+        input="Say hi",
+        instructions="Be brief.",
+        max_output_tokens=200,
+        reasoning={"effort": "low"},
+        metadata={"custom_id": "row-1"},
+    )
+    assert isinstance(response, Response)
+    Response.model_validate(response.model_dump(mode="json"))
+    assert response.output_text == "Echo: Say hi"
+    assert response.status == "completed"
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.usage is not None
+    assert response.usage.output_tokens_details.reasoning_tokens > 0
+    assert response._request_id is not None
+    assert response._request_id.startswith("req_")
+    assert server.ledger.entries[0].custom_id == "row-1"
+
+    fetched = await client.responses.retrieve(response.id)
+    assert fetched == response
+    chained = await client.responses.create(
+        model="gpt-5-mini", input="again", previous_response_id=response.id
+    )
+    assert chained.previous_response_id == response.id
+    assert chained.output_text == "Echo: again"
+    await client.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(response.id)
+
+
+async def test_incomplete_response_parses(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(model="gpt-4o", input="x" * 200, max_output_tokens=16)
+    Response.model_validate(response.model_dump(mode="json"))
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == ("Echo: " + "x" * 200)[:64]
+
+
+async def test_chat_completions_parse(client: openai.AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "Hello"}],
+        max_completion_tokens=50,
+    )
+    assert isinstance(completion, ChatCompletion)
+    ChatCompletion.model_validate(completion.model_dump(mode="json"))
+    assert completion.choices[0].message.content == "Echo: Hello"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+
+
+async def test_embeddings_parse_in_both_encodings(client: openai.AsyncOpenAI) -> None:
+    # Without encoding_format the SDK asks for base64 and decodes float32 itself.
+    packed = await client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    plain = await client.embeddings.create(
+        model="text-embedding-3-small", input=["a", "b"], encoding_format="float"
+    )
+    for result in (packed, plain):
+        assert isinstance(result, CreateEmbeddingResponse)
+        CreateEmbeddingResponse.model_validate(result.model_dump(mode="json"))
+        assert [item.index for item in result.data] == [0, 1]
+        assert all(len(item.embedding) == 16 for item in result.data)
+    assert packed.data[0].embedding == pytest.approx(plain.data[0].embedding, abs=1e-6)
+    assert packed.usage.prompt_tokens == 2
+
+
+async def test_wrong_key_is_authentication_error(server: FakeOpenAI) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key="sk-wrong-key-123456", max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await sdk.responses.create(model="gpt-4o", input="x")
+    assert caught.value.status_code == 401
+    assert caught.value.code == "invalid_api_key"
+    assert caught.value.request_id is not None
+    assert "sk-wrong-key-123456" not in str(caught.value)
+
+
+async def test_unknown_previous_response_is_not_found(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.responses.create(model="gpt-4o", input="x", previous_response_id="resp_x")
+    assert caught.value.code == "previous_response_not_found"
+    assert caught.value.param == "previous_response_id"
+
+
+async def test_unknown_parameter_is_bad_request(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(model="gpt-4o", input="x", extra_body={"seed": 1})
+    assert (caught.value.code, caught.value.param) == ("unknown_parameter", "seed")
+
+
+async def test_quota_is_rate_limit_error(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.responses.create(
+            model="gpt-4o", input="x", extra_headers={FAULT_HEADER: "quota"}
+        )
+    assert caught.value.code == "insufficient_quota"
+    assert caught.value.type == "insufficient_quota"
+
+
+async def test_rate_limit_is_rate_limit_error() -> None:
+    async with (
+        FakeOpenAI(api_key=KEY, rpm=60) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+    ):
+        await sdk.responses.create(model="gpt-4o", input="x")
+        with pytest.raises(openai.RateLimitError) as caught:
+            await sdk.responses.create(model="gpt-4o", input="x")
+    assert caught.value.code == "rate_limit_exceeded"
+    assert caught.value.type == "requests"
+    assert caught.value.response.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("fault", ["500", "502", "503"])
+async def test_server_errors_are_internal_server_error(
+    client: openai.AsyncOpenAI, fault: str
+) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.responses.create(
+            model="gpt-4o", input="x", extra_headers={FAULT_HEADER: fault}
+        )
+    assert caught.value.status_code == int(fault)
+
+
+async def test_reset_is_connection_error(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.APIConnectionError):
+        await client.responses.create(
+            model="gpt-4o", input="x", extra_headers={FAULT_HEADER: "reset"}
+        )
+
+
+async def test_stall_is_timeout_error(server: FakeOpenAI) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key=KEY, max_retries=0, timeout=0.3
+    ) as sdk:
+        with pytest.raises(openai.APITimeoutError):
+            await sdk.responses.create(
+                model="gpt-4o", input="x", extra_headers={FAULT_HEADER: "stall"}
+            )
+
+
+async def test_truncated_body_is_a_bare_json_error(client: openai.AsyncOpenAI) -> None:
+    # The SDK does not wrap this one: a cut 200 body surfaces as json.JSONDecodeError.
+    with pytest.raises(json.JSONDecodeError):
+        await client.responses.create(
+            model="gpt-4o", input="x", extra_headers={FAULT_HEADER: "truncated"}
+        )
+
+
+async def test_sdk_retries_honour_retry_after_ms() -> None:
+    # 40 RPM with a 1 s quantum: one request per 1.5 s. The second request is
+    # refused with retry-after-ms of about 1.5 s, much longer than the SDK's own
+    # first backoff (at most 0.5 s), so the gap proves the header was used.
+    interval_s = 1.5
+    async with (
+        FakeOpenAI(api_key=KEY, rpm=40, faults=Faults()) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=2) as sdk,
+    ):
+        await sdk.responses.create(model="gpt-4o", input="first")
+        response = await sdk.responses.create(model="gpt-4o", input="second")
+        first, refused, retried = server.ledger.entries
+    assert response.output_text == "Echo: second"
+    assert [e.status for e in (first, refused, retried)] == [200, 429, 200]
+    assert [e.retry_count for e in (first, refused, retried)] == [0, 0, 1]
+    advertised_s = interval_s - (refused.time_s - first.time_s)
+    gap_s = retried.time_s - refused.time_s
+    assert advertised_s - 0.005 <= gap_s <= advertised_s + 3.0
+
+
+async def test_reasoning_only_response_has_empty_output_text(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(model="o3", input="hello", max_output_tokens=16)
+    Response.model_validate(response.model_dump(mode="json"))
+    assert response.status == "incomplete"
+    assert response.output_text == ""
