@@ -13,7 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ._config import PROFILES, Price, Profile, RetryPolicy
-from ._engine import Engine, SleepFn
+from ._engine import Engine, NotSent, SleepFn
 from ._errors import APIError, ConfigurationError, FatalError, InputError
 from ._items import BodyDefaults, to_request
 from ._limiter import RateGovernor
@@ -134,9 +134,13 @@ class Client:
 
     async def create(self, body: Mapping[str, Any], *, path: str = "/v1/responses") -> Result:
         """Send one request (with retries) and return its Result; raise APIError on failure."""
-        result = await self.engine.execute(
-            0, to_request(Request(body, None, path), 0, _NO_DEFAULTS)
-        )
+        try:
+            result = await self.engine.execute(
+                0, to_request(Request(body, None, path), 0, _NO_DEFAULTS)
+            )
+        except NotSent:
+            reason, message = self.engine.fatal or ("stopped", "the client was stopped")
+            raise FatalError(f"not sent: {message}", reason=reason) from None
         if not result.ok:
             error = result.error or ErrorInfo(None, "request failed")
             raise APIError(

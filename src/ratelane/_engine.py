@@ -121,7 +121,10 @@ class Engine:
         return estimate
 
     async def execute(self, index: int, request: Request) -> Result:
-        """Send one request with retries; never raises for HTTP or transport failures."""
+        """Send one request with retries; never raises for HTTP or transport failures.
+
+        Raises ``NotSent`` when the run stops before the request is sent.
+        """
         state = self._prepare(index, request)
         if not isinstance(state.body.get("model"), str):
             return self._invalid(
@@ -182,7 +185,13 @@ class Engine:
                 "max_output_tokens or shorten the input"
             )
             return _Attempt(Judgement(Verdict.PERMANENT, ErrorInfo("request_too_large", message)))
+        if self.stopping:
+            raise NotSent
         await self.governor.admit(charge)
+        if self.stopping:
+            # The run ended (fatal error or stop()) while this request queued for
+            # admission: it was never sent, so it gets no Result at all.
+            raise NotSent
         state.attempts += 1
         began = time.monotonic()
         try:
@@ -407,6 +416,9 @@ class Engine:
         in-flight requests finish when the run must stop.
         """
         started = time.monotonic()
+        self._fatal = None
+        self._stopping = False
+        self._streak = 0
         pull: Callable[[], Awaitable[Item | None]] | None = None
         iterator: Iterator[Item] = iter(())
         if isinstance(requests, AsyncIterator):
@@ -429,8 +441,12 @@ class Engine:
                 index, request = item
                 if isinstance(request, Result):
                     await sink(request)
-                else:
-                    await sink(await self.execute(index, request))
+                    continue
+                try:
+                    result = await self.execute(index, request)
+                except NotSent:
+                    continue
+                await sink(result)
 
         tasks = [asyncio.ensure_future(work()) for _ in range(max_concurrency)]
         try:
@@ -440,10 +456,15 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.stats.elapsed_s = time.monotonic() - started
-        if self._fatal is not None:
-            reason, message = self._fatal
+        fatal = self.fatal  # set by workers while we awaited
+        if fatal is not None:
+            reason, message = fatal
             raise FatalError(f"run stopped: {message}", reason=reason, stats=self.stats)
         return self.stats
+
+
+class NotSent(Exception):
+    """A request dropped before it was sent, because the run is stopping."""
 
 
 def _wants_retry(attempt: _Attempt) -> bool:

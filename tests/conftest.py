@@ -1,0 +1,3 @@
+from ratelane.testing import fake_openai
+
+__all__ = ["fake_openai"]
