@@ -278,3 +278,35 @@ async def test_backoff_waits_follow_the_seeded_policy() -> None:
     expected = [ratelane.backoff_wait(policy, k, rng=rng) for k in range(5)]
     assert waits == expected
     assert all(w <= min(4.0, 0.5 * 2**k) for k, w in enumerate(waits))
+
+
+async def test_stats_estimate_cost_from_a_price_table() -> None:
+    prices = {"gpt-4.1-mini": ratelane.Price(input_per_million=0.4, output_per_million=1.6)}
+    async with FakeOpenAI() as server:
+        results = await ratelane.arun_many(
+            ["price me", "and me"],
+            model="gpt-4.1-mini",
+            api_key=server.api_key,
+            base_url=server.base_url,
+            prices=prices,
+            progress=False,
+        )
+    stats = results.stats
+    expected = (stats.input_tokens * 0.4 + stats.output_tokens * 1.6) / 1_000_000
+    assert stats.cost_usd == pytest.approx(expected)
+    assert stats.cost_usd > 0
+    summary = stats.as_dict()
+    assert summary["succeeded"] == 2
+    assert summary["latency_p99_s"] >= summary["latency_p50_s"] > 0
+
+
+def test_organization_and_project_headers_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-abc")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_xyz")
+    client = Client(api_key="sk-test-key-123456")
+    headers = client._transport._headers
+    assert headers["OpenAI-Organization"] == "org-abc"
+    assert headers["OpenAI-Project"] == "proj_xyz"
+    assert client.base_url == "https://api.openai.com/v1"
