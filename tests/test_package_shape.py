@@ -56,6 +56,7 @@ LAYERS = [
     {"_retry", "_limiter", "_transport", "_items", "_batch_input", "_checkpoint"},
     {"_engine"},
     {"_api"},
+    {"_summary"},
     {"_cli", "_run_command", "_demo", "__init__", "__main__"},
 ]
 

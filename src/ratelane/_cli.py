@@ -12,11 +12,21 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+#: Every line succeeded.
 EXIT_OK = 0
+#: The run finished, but some lines failed permanently.
+EXIT_FAILED = 1
+#: Invalid input or usage (or OUTPUT locked, or no API key): nothing was sent.
 EXIT_USAGE = 2
+#: Stopped early on a fatal error (invalid key, quota, error streak); resumable.
+EXIT_FATAL = 3
+#: Interrupted by SIGINT/SIGTERM and stopped cleanly; resumable.
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import _demo as demo_command
+    from . import _run_command as run_command
     from .testing import _command as fake_server_command
 
     parser = argparse.ArgumentParser(
@@ -25,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    run_command.add_parser(subparsers)
+    demo_command.add_parser(subparsers)
     fake_server_command.add_parser(subparsers)
     return parser
 
@@ -37,4 +49,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(handler(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

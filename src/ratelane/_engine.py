@@ -192,8 +192,11 @@ class Engine:
             # The run ended (fatal error or stop()) while this request queued for
             # admission: it was never sent, so it gets no Result at all.
             raise NotSent
-        state.attempts += 1
         began = time.monotonic()
+        if not state.attempts:
+            # Latency runs from the first send, not from queueing for admission.
+            state.started = began
+        state.attempts += 1
         try:
             reply = await self.transport.post(state.request.path, state.payload)
         except TransportError as exc:

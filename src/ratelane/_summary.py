@@ -1,20 +1,14 @@
 """What ``ratelane run`` tells people: the progress-bar postfix and the end-of-run summary.
 
-Pure formatting over plain values, so it is tested without a run. The one
-stateful piece is :class:`LatencySample`, a bounded stand-in for
-``RunStats.latencies_s`` that keeps a CLI run's memory flat however many
-results it sees.
+Pure formatting over plain values, so it is tested without a run.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import SupportsIndex
 
-from ._models import RunStats
+from ._models import LatencySample, RunStats
 
 __all__ = [
     "LatencySample",
@@ -23,47 +17,6 @@ __all__ = [
     "format_summary",
     "progress_postfix",
 ]
-
-#: Latencies kept for the percentiles: a uniform sample of at most this many.
-#: 20,000 values put p99 within about a tenth of a percentile of the truth.
-LATENCY_SAMPLE_SIZE = 20_000
-
-
-class LatencySample(list[float]):
-    """A list that keeps a uniform random sample of everything appended to it.
-
-    Reservoir sampling (Vitter's algorithm R): the first ``capacity`` values
-    are kept; value number ``n`` after that replaces a random kept one with
-    probability ``capacity / n``. Percentiles of the sample estimate those of
-    the whole stream, and memory stays at ``capacity`` floats. ``seen`` counts
-    every value appended.
-    """
-
-    __slots__ = ("_random", "capacity", "seen")
-
-    def __init__(self, capacity: int = LATENCY_SAMPLE_SIZE, *, seed: int = 0) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity}")
-        super().__init__()
-        self.capacity = capacity
-        self.seen = 0
-        self._random = random.Random(seed)
-
-    def append(self, value: float) -> None:
-        self.seen += 1
-        if len(self) < self.capacity:
-            super().append(value)
-            return
-        slot = self._random.randrange(self.seen)
-        if slot < self.capacity:
-            self[slot] = value
-
-    def extend(self, values: Iterable[float]) -> None:
-        for value in values:
-            self.append(value)
-
-    def insert(self, index: SupportsIndex, value: float) -> None:
-        raise TypeError("LatencySample only supports append()")
 
 
 def compact_number(value: float | None) -> str:

@@ -1,0 +1,96 @@
+"""Peak memory of ``ratelane run`` does not grow with the input: 50,000 lines vs 5,000.
+
+Each run is a fresh CLI process against a zero-latency fake server in a
+process of its own; its peak RSS is ``ru_maxrss`` as seen by a small wrapper
+process that started it (see ``WRAPPER``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+TIMEOUT_S = 60
+#: Extra peak RSS allowed for ten times the lines. What does grow: 8 bytes a
+#: line for duplicate detection during validation (0.4 MB here).
+MARGIN_MB = 4.0
+
+
+@pytest.fixture(scope="module")
+def fake_server_url() -> Iterator[str]:
+    argv = [sys.executable, "-m", "ratelane", "fake-server", "--port", "0",
+            "--ledger-limit", "100", "--store-limit", "100"]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE) as process:
+        try:
+            assert process.stdout is not None
+            info = json.loads(process.stdout.readline())
+            yield str(info["base_url"])
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def write_input(path: Path, count: int) -> None:
+    padding = "lorem ipsum dolor sit amet " * 8
+    with path.open("wb") as file:
+        for n in range(count):
+            line = {
+                "custom_id": f"request-{n}",
+                "method": "POST",
+                "url": "/v1/responses",
+                "body": {"model": "gpt-4.1-mini", "input": f"item {n}: {padding}",
+                         "max_output_tokens": 64},
+            }  # fmt: skip
+            file.write(orjson.dumps(line) + b"\n")
+
+
+#: Runs the command given as arguments and prints its peak RSS. A fresh, small
+#: process per run: a child's ru_maxrss starts from its parent's RSS at fork
+#: time (vfork shares the parent's memory until exec), so measuring from the
+#: big pytest process would report pytest's size, not the CLI's.
+WRAPPER = (
+    "import resource, subprocess, sys; "
+    "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+    "sys.exit(code)"
+)
+
+
+def peak_rss_mb(tmp_path: Path, count: int, base_url: str) -> float:
+    source = tmp_path / f"in-{count}.jsonl"
+    output = tmp_path / f"out-{count}.jsonl"
+    write_input(source, count)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(OPENAI_API_KEY="sk-fake", OPENAI_BASE_URL=base_url)
+    argv = [sys.executable, "-m", "ratelane", "run", str(source), "-o", str(output)]
+    measured = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert measured.returncode == 0, measured.stderr
+    assert output.read_bytes().count(b"\n") == count
+    scale = 1 / (1 << 20) if sys.platform == "darwin" else 1 / 1024  # bytes vs KiB
+    return int(measured.stdout) * scale
+
+
+@pytest.mark.timeout(120)
+def test_peak_memory_does_not_grow_with_the_input(tmp_path: Path, fake_server_url: str) -> None:
+    small = peak_rss_mb(tmp_path, 5_000, fake_server_url)
+    large = peak_rss_mb(tmp_path, 50_000, fake_server_url)
+    print(f"peak RSS: 5,000 lines {small:.1f} MB, 50,000 lines {large:.1f} MB")
+    assert large - small < MARGIN_MB, f"5,000 lines: {small:.1f} MB, 50,000 lines: {large:.1f} MB"
