@@ -132,3 +132,54 @@ def test_token_charges_larger_than_the_bucket_still_pass() -> None:
         assert times[0] == pytest.approx(2.5, abs=0.05)
 
     run(scenario())
+
+
+def test_stale_answers_cannot_raise_a_limit_just_lowered() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor()
+        governor.observe(RateLimitHeaders(limit_requests=6000))
+        sent_before_cut = await governor.admit(0)
+        await asyncio.sleep(1)
+        governor.observe(RateLimitHeaders(limit_requests=3000), sent_at=await governor.admit(0))
+        # An answer to a request admitted before the cut still says 6000: ignored.
+        governor.observe(RateLimitHeaders(limit_requests=6000), sent_at=sent_before_cut)
+        assert governor.learned_rpm == 3000
+        await asyncio.sleep(1)
+        governor.observe(RateLimitHeaders(limit_requests=6000), sent_at=await governor.admit(0))
+        assert governor.learned_rpm == 6000
+
+    run(scenario())
+
+
+def test_a_growing_bucket_keeps_its_fill_fraction() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(headroom=1.0, burst_s=1.0)
+        governor.observe(RateLimitHeaders(limit_requests=600, limit_tokens=10**9))
+        start = asyncio.get_running_loop().time()
+        await _admission_times(governor, 10)  # the bucket of 10 is now full
+        governor.observe(RateLimitHeaders(limit_requests=6000, limit_tokens=10**9))
+        times = await _admission_times(governor, 100)
+        # Capacity grew tenfold, but the full bucket stayed full: no burst of 90.
+        assert sum(1 for t in times if t - start < 1e-3) <= 1
+        assert max(times) - start == pytest.approx(1.0, abs=0.05)
+
+    run(scenario())
+
+
+def test_429s_right_after_a_lowered_limit_do_not_cut_the_rate() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(headroom=1.0)
+        governor.observe(RateLimitHeaders(limit_requests=6000, limit_tokens=10**9))
+        governor.observe(RateLimitHeaders(limit_requests=3000, limit_tokens=10**9))
+        for _ in range(5):
+            governor.cool_down(0.1)
+            await asyncio.sleep(0.2)
+        assert governor.requests_per_minute == pytest.approx(3000)
+        await asyncio.sleep(5)
+        governor.cool_down(0.1)  # a 429 while compliant: cut once...
+        governor.cool_down(0.1)
+        await asyncio.sleep(0.2)
+        governor.cool_down(0.1)  # ...not again for stragglers
+        assert governor.requests_per_minute == pytest.approx(3000 * 0.8, rel=0.02)
+
+    run(scenario())

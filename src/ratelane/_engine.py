@@ -187,7 +187,7 @@ class Engine:
             return _Attempt(Judgement(Verdict.PERMANENT, ErrorInfo("request_too_large", message)))
         if self.stopping:
             raise NotSent
-        await self.governor.admit(charge)
+        admitted_at = await self.governor.admit(charge)
         if self.stopping:
             # The run ended (fatal error or stop()) while this request queued for
             # admission: it was never sent, so it gets no Result at all.
@@ -208,13 +208,15 @@ class Engine:
             )
             self._log_attempt(state, attempt, charge)
             return attempt
-        attempt = self._judge(state, reply, time.monotonic() - began)
+        attempt = self._judge(state, reply, time.monotonic() - began, admitted_at)
         self._log_attempt(state, attempt, charge)
         return attempt
 
-    def _judge(self, state: _State, reply: Reply, latency_s: float) -> _Attempt:
+    def _judge(self, state: _State, reply: Reply, latency_s: float, sent_at: float) -> _Attempt:
         headers = reply.headers
-        self.governor.observe(read_rate_limit_headers(headers), typical_tokens=self._typical_tokens)
+        self.governor.observe(
+            read_rate_limit_headers(headers), typical_tokens=self._typical_tokens, sent_at=sent_at
+        )
         request_id = headers.get("x-request-id")
         try:
             body = orjson.loads(reply.raw) if reply.raw else None

@@ -27,6 +27,15 @@ __all__ = ["RateGovernor"]
 logger = logging.getLogger("ratelane")
 
 
+#: After a 429 the rate drops to this fraction of the limit (never below the floor)...
+_CUT_FACTOR = 0.8
+_FLOOR_FACTOR = 0.5
+#: ...and climbs back by this fraction of the limit per second.
+_RECOVERY_PER_S = 0.05
+#: 429s within this many seconds of a lowered limit, or of the last cut, cut nothing more.
+_SETTLE_S = 3.0
+
+
 class _TunableLimiter(AsyncLimiter):
     """An aiolimiter bucket whose rate and capacity can change while tasks wait on it."""
 
@@ -34,10 +43,12 @@ class _TunableLimiter(AsyncLimiter):
 
     def retune(self, rate_per_s: float, capacity: float) -> None:
         self._leak()
+        previous = self.max_rate
         self.max_rate = capacity
         self.time_period = capacity / rate_per_s
         self._rate_per_sec = rate_per_s
-        self._level = min(self._level, capacity)
+        # Keep the fill fraction: a bucket that grows must not turn into a burst.
+        self._level = self._level * capacity / previous if previous > 0 else capacity
         self._wake_next()
 
     def fill(self) -> None:
@@ -88,6 +99,7 @@ class RateGovernor:
         self._tokens: _TunableLimiter | None = None
         self._factor = 1.0
         self._factor_cut_at = -math.inf
+        self._limit_lowered_at = -math.inf
         self._gate = asyncio.Event()
         self._gate.set()
         self._closed_until = 0.0
@@ -125,8 +137,11 @@ class RateGovernor:
     def cooling_down(self) -> bool:
         return not self._gate.is_set()
 
-    async def admit(self, tokens: int) -> None:
-        """Wait until one more attempt charging ``tokens`` may start."""
+    async def admit(self, tokens: int) -> float:
+        """Wait until one more attempt charging ``tokens`` may start; return the time it did.
+
+        Pass that time to :meth:`observe` with the answer, so stale headers can be told apart.
+        """
         if not self._first_answer.is_set():
             if not self._probe_sent:
                 self._probe_sent = True
@@ -141,18 +156,31 @@ class RateGovernor:
                 await self._tokens.acquire_any(tokens)
             # A cool-down that began while we queued applies to us too.
             if self._gate.is_set():
-                return
+                return self._now()
 
-    def observe(self, headers: RateLimitHeaders | None, *, typical_tokens: int = 0) -> None:
-        """Learn from one answer's rate-limit headers (``None``: the answer had none)."""
+    def observe(
+        self,
+        headers: RateLimitHeaders | None,
+        *,
+        typical_tokens: int = 0,
+        sent_at: float | None = None,
+    ) -> None:
+        """Learn from one answer's rate-limit headers (``None``: the answer had none).
+
+        ``sent_at`` is what :meth:`admit` returned for that attempt. A higher
+        limit is believed only from an attempt sent after the last lower one was
+        seen: answers to requests admitted before a cut still carry the old,
+        higher figure, and flipping back to it would burst into 429s.
+        """
         self._first_answer.set()
         if headers is None:
             self._retune()
             return
-        if headers.limit_requests:
-            self.learned_rpm = headers.limit_requests
-        if headers.limit_tokens:
-            self.learned_tpm = headers.limit_tokens
+        stale = sent_at is not None and sent_at < self._limit_lowered_at
+        self.learned_rpm, lowered_rpm = _learn(self.learned_rpm, headers.limit_requests, stale)
+        self.learned_tpm, lowered_tpm = _learn(self.learned_tpm, headers.limit_tokens, stale)
+        if lowered_rpm or lowered_tpm:
+            self._limit_lowered_at = self._now()
         self._retune()
         pause = 0.0
         if headers.remaining_requests is not None and headers.remaining_requests < 1:
@@ -177,8 +205,13 @@ class RateGovernor:
         now = self._now()
         if started:
             self.cooldowns += 1
-            self._factor = max(0.5, self._current_factor(now) * 0.8)
-            self._factor_cut_at = now
+            # Cut the rate only for 429s that compliance did not prevent: not those
+            # explained by a limit just lowered (the headers already retuned us), and
+            # not again for stragglers admitted before the previous cut.
+            explained = now - self._limit_lowered_at < _SETTLE_S
+            if not explained and now - self._factor_cut_at >= _SETTLE_S:
+                self._factor = max(_FLOOR_FACTOR, self._current_factor(now) * _CUT_FACTOR)
+                self._factor_cut_at = now
             logger.warning(
                 "rate limited (429): pausing all requests for %.2fs, "
                 "then resuming at %.0f%% of the limit",
@@ -214,8 +247,8 @@ class RateGovernor:
 
     # -- tuning -------------------------------------------------------------
     def _current_factor(self, now: float) -> float:
-        # Linear recovery: back to the full rate 10 s after a cut of 20%.
-        recovered = self._factor + 0.02 * max(0.0, now - self._factor_cut_at)
+        # Linear recovery: back to the full rate 4 s after a cut of 20%.
+        recovered = self._factor + _RECOVERY_PER_S * max(0.0, now - self._factor_cut_at)
         return min(1.0, recovered)
 
     def _retune(self) -> None:
@@ -256,6 +289,17 @@ class RateGovernor:
             f" learned_rpm={show(self.learned_rpm)} learned_tpm={show(self.learned_tpm)}"
             f" cooling_down={self.cooling_down} cooldowns={self.cooldowns}>"
         )
+
+
+def _learn(known: float | None, announced: float | None, stale: bool) -> tuple[float | None, bool]:
+    """The limit to believe now, and whether it went down."""
+    if not announced:
+        return known, False
+    if known is None:
+        return announced, False
+    if announced < known:
+        return announced, True
+    return (known if stale else announced), False
 
 
 def _effective(ceiling: float | None, learned: float | None) -> float | None:

@@ -177,7 +177,8 @@ class FakeOpenAI:
         runner = web.ServerRunner(server, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.options.host, self.options.port)
+            # The default backlog of 128 drops connects when 10,000 clients arrive at once.
+            site = web.TCPSite(runner, self.options.host, self.options.port, backlog=4096)
             await site.start()
         except BaseException:
             await runner.cleanup()

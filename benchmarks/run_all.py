@@ -1,0 +1,145 @@
+"""ratelane's benchmark suite: one command, a table, ``results.json`` and PNG plots.
+
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only NAME ...] [--out DIR]
+
+Every scenario starts its own fake server process (``ratelane fake-server``)
+and runs every measured client in a fresh process, so client and server never
+share an event loop; see ``_bench.py``. ``--quick`` shrinks every scenario
+(under a minute in all, for the smoke test); the full suite takes several
+minutes. Absolute numbers depend on the machine; the ratios against the
+baselines measured in the same run are what matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import _plots
+import scenario_fanout
+import scenario_faults
+import scenario_huge_file
+import scenario_limit_change
+import scenario_overhead
+import scenario_request_limit
+import scenario_token_limit
+from _bench import BENCH_DIR, Context, Placement
+
+SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    module.NAME: module.run
+    for module in (
+        scenario_overhead,
+        scenario_request_limit,
+        scenario_token_limit,
+        scenario_limit_change,
+        scenario_fanout,
+        scenario_huge_file,
+        scenario_faults,
+    )
+}
+
+
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths, strict=True))
+
+    print("  " + line(columns))
+    print("  " + "  ".join("-" * width for width in widths))
+    for row in rows:
+        print("  " + line(row))
+
+
+def print_scenario(result: dict[str, Any], out: Path) -> None:
+    print(f"\n{result['title']}")
+    table = result["table"]
+    if table["rows"]:
+        print_table(table["columns"], table["rows"])
+    for note in result["notes"]:
+        print(f"  note: {note}")
+    for plot in result["plots"]:
+        print(f"  plot: {out / plot}")
+
+
+def print_targets(results: dict[str, dict[str, Any]]) -> None:
+    rows = []
+    for result in results.values():
+        for row in result.get("targets", []):
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[row["met"]]
+            rows.append([row["target"], row["goal"], row["measured"], verdict])
+    if rows:
+        print("\nTargets")
+        print_table(["target", "goal", "measured", "verdict"], rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(SCENARIOS), metavar="NAME",
+        help=f"run only these scenarios: {', '.join(SCENARIOS)}",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="output directory")
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    placement = Placement.pin()
+    ctx = Context(quick=args.quick, out_dir=args.out, placement=placement)
+    mode = "quick" if args.quick else "full"
+    print(f"ratelane benchmarks ({mode} mode) on {platform.platform()}, "
+          f"Python {platform.python_version()}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"placement: {placement.describe()}")
+    if _plots.UNAVAILABLE:
+        print(f"note: {_plots.UNAVAILABLE}")
+    document: dict[str, Any] = {
+        "meta": {
+            "mode": mode,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "placement": placement.describe(),
+            "plots": _plots.UNAVAILABLE or "written",
+        },
+        "scenarios": {},
+        "errors": {},
+    }
+    results_path = args.out / "results.json"
+    names = args.only or list(SCENARIOS)
+    suite_started = time.perf_counter()
+    for name in names:
+        print(f"\n== {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            result = SCENARIOS[name](ctx)
+        except Exception as exc:  # a broken scenario must not hide the others
+            traceback.print_exc()
+            document["errors"][name] = f"{type(exc).__name__}: {exc}"
+        else:
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            # File names, relative to results.json, so the directory can move.
+            result["plots"] = [Path(plot).name for plot in result["plots"]]
+            document["scenarios"][name] = result
+            print_scenario(result, args.out)
+        document["meta"]["seconds"] = round(time.perf_counter() - suite_started, 1)
+        results_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print_targets(document["scenarios"])
+    print(f"\nresults: {results_path} ({document['meta']['seconds']} s)")
+    if document["errors"]:
+        print(f"FAILED scenarios: {', '.join(document['errors'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
