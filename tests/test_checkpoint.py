@@ -31,7 +31,7 @@ def ok_result(custom_id: str, **fields: object) -> Result:
         "custom_id": custom_id,
         "ok": True,
         "status_code": 200,
-        "body": {"id": "resp_1", "output": []},
+        "raw_body": b'{"id": "resp_1", "output": []}',
         "request_id": "req_abc",
         "attempts": 2,
         "latency_s": 0.1234567,
@@ -47,7 +47,9 @@ def http_failure(custom_id: str) -> Result:
         custom_id=custom_id,
         ok=False,
         status_code=400,
-        body={"error": {"message": "bad", "type": "invalid_request_error", "code": "x"}},
+        raw_body=orjson.dumps(
+            {"error": {"message": "bad", "type": "invalid_request_error", "code": "x"}}
+        ),
         error=ErrorInfo("x", "bad", "invalid_request_error", "input"),
         request_id="req_400",
         attempts=1,
@@ -116,9 +118,19 @@ def test_line_functions_refuse_the_other_kind() -> None:
         failure_line(ok_result("a"))
 
 
-def test_line_with_unusual_body_values_still_serialises() -> None:
-    line = orjson.loads(success_line(ok_result("a", body={1: {"x"}})))
-    assert line["response"]["body"] == {"1": "{'x'}"}
+def test_the_server_bytes_are_embedded_verbatim() -> None:
+    raw = b'{"id":"resp_1","text":"caf\\u00e9 \xe2\x98\x95","n":1.50}'
+    line = success_line(ok_result("a", raw_body=raw))
+    assert raw in line
+    assert orjson.loads(line)["response"]["body"] == orjson.loads(raw)
+
+
+def test_pretty_printed_server_json_still_makes_one_line() -> None:
+    raw = b'{\n  "id": "resp_1",\n  "output": []\n}\n'
+    line = success_line(ok_result("a", raw_body=raw))
+    assert line.count(b"\n") == 1
+    assert line.endswith(b"\n")
+    assert orjson.loads(line)["response"]["body"] == {"id": "resp_1", "output": []}
 
 
 # ----------------------------------------------------------------------------- torn tail
@@ -161,7 +173,9 @@ def test_repair_missing_file_is_a_no_op(tmp_path: Path) -> None:
 
 def test_repair_reads_backwards_across_blocks(tmp_path: Path) -> None:
     """A last line longer than the 64 KiB scan block, torn and whole."""
-    big = success_line(ok_result("big", body={"text": "x" * 200_000}), line_id="batch_req_b")
+    big = success_line(
+        ok_result("big", raw_body=orjson.dumps({"text": "x" * 200_000})), line_id="batch_req_b"
+    )
     path = tmp_path / "out.jsonl"
     path.write_bytes(line_of("a") + big)
     assert repair_torn_tail(path) == 0
@@ -177,7 +191,10 @@ def test_repair_reads_backwards_across_blocks(tmp_path: Path) -> None:
 )
 def test_any_truncation_repairs_to_whole_lines(tmp_path: Path, ids: list[str], cut: float) -> None:
     lines = [
-        success_line(ok_result(custom_id, body={"text": custom_id * 3}), line_id=f"batch_req_{n}")
+        success_line(
+            ok_result(custom_id, raw_body=orjson.dumps({"text": custom_id * 3})),
+            line_id=f"batch_req_{n}",
+        )
         if n % 3
         else failure_line(transport_failure(custom_id), line_id=f"batch_req_{n}")
         for n, custom_id in enumerate(ids)

@@ -80,6 +80,17 @@ def _ratelane_extra(result: Result) -> dict[str, Any]:
     }
 
 
+def _raw_json(result: Result) -> Any:
+    raw = result.raw_body
+    if raw is None:
+        return None
+    if b"\n" in raw or b"\r" in raw:
+        # Pretty-printed JSON (some compatible servers) would break the line: re-encode.
+        return result.body
+    # The server's compact bytes go into the line as they came: no parse, no re-encode.
+    return orjson.Fragment(raw)
+
+
 def success_line(result: Result, *, line_id: str | None = None) -> bytes:
     """The OUTPUT line for a successful result, newline included.
 
@@ -94,7 +105,7 @@ def success_line(result: Result, *, line_id: str | None = None) -> bytes:
             "response": {
                 "status_code": result.status_code,
                 "request_id": result.request_id,
-                "body": result.body,
+                "body": _raw_json(result),
             },
             "error": None,
             "ratelane": _ratelane_extra(result),
@@ -116,7 +127,7 @@ def failure_line(result: Result, *, line_id: str | None = None) -> bytes:
         response = {
             "status_code": result.status_code,
             "request_id": result.request_id,
-            "body": result.body,
+            "body": _raw_json(result),
         }
     return _dump(
         {

@@ -49,6 +49,7 @@ class _Attempt:
     request_id: str | None = None
     server_delay_s: float | None = None
     latency_s: float = 0.0
+    raw: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -244,7 +245,7 @@ class Engine:
             request_body=state.body,
             droppable=self.policy.droppable_params,
         )
-        attempt = _Attempt(judgement, reply.status, body, request_id, None, latency_s)
+        attempt = _Attempt(judgement, reply.status, body, request_id, None, latency_s, reply.raw)
         verdict = judgement.verdict
         if verdict is Verdict.SUCCESS:
             return attempt
@@ -318,7 +319,7 @@ class Engine:
             custom_id=state.request.custom_id or f"request-{state.index}",
             ok=ok,
             status_code=attempt.status,
-            body=attempt.body,
+            raw_body=attempt.raw,
             error=None if ok else attempt.judgement.error,
             request_id=attempt.request_id,
             attempts=state.attempts,

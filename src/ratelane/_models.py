@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 __all__ = ["ErrorInfo", "LatencySample", "Request", "Result", "RunStats", "Usage"]
 
 SUPPORTED_PATHS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
@@ -110,20 +112,27 @@ def output_text_of(body: Any) -> str:
     return ""
 
 
+_UNPARSED: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """The outcome of one request. A failure is a Result with ``ok=False``, never an exception.
 
-    ``body`` is the server's JSON for the last attempt (the error body on
-    failure, when there was one); ``attempts`` counts every HTTP attempt,
-    including a resend without a dropped parameter.
+    ``raw_body`` is the exact JSON bytes the server answered on the last
+    attempt (the error body on failure, when there was one); ``body`` is that
+    JSON parsed on first access. Results hold bytes rather than parsed
+    objects so a million of them stay compact and cost the garbage collector
+    nothing. ``attempts`` counts every HTTP attempt, including a resend
+    without a dropped parameter; ``latency_s`` runs from the first send to
+    the final answer.
     """
 
     index: int
     custom_id: str
     ok: bool
     status_code: int | None = None
-    body: Any = None
+    raw_body: bytes | None = field(default=None, repr=False)
     error: ErrorInfo | None = None
     request_id: str | None = None
     attempts: int = 0
@@ -131,6 +140,16 @@ class Result:
     usage: Usage | None = None
     dropped_params: tuple[str, ...] = ()
     path: str = "/v1/responses"
+    _parsed: Any = field(default=_UNPARSED, init=False, repr=False, compare=False)
+
+    @property
+    def body(self) -> Any:
+        """The server's JSON answer (``None`` if there was none)."""
+        parsed = self._parsed
+        if parsed is _UNPARSED:
+            parsed = None if self.raw_body is None else orjson.loads(self.raw_body)
+            object.__setattr__(self, "_parsed", parsed)
+        return parsed
 
     @property
     def output_text(self) -> str:
