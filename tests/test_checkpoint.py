@@ -420,3 +420,22 @@ def test_writer_rejects_errors_equal_to_output(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="must differ"):
         ResultWriter(tmp_path / "o.jsonl", tmp_path / "." / "o.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_done_set_fast_path_agrees_with_a_full_parse(tmp_path: Path) -> None:
+    tricky = [
+        b'{"id":"resp_1","error":null,"text":"\\",\\"error\\":null,\\"ratelane\\":{"}',
+        b'{"error":{"code":"x"},"nested":{"error":null}}',
+        b"{}",
+    ]
+    lines = [success_line(ok_result(f"ok-{n}", raw_body=raw)) for n, raw in enumerate(tricky)]
+    lines.append(success_line(ok_result('quote"d', raw_body=b"{}")))
+    lines.append(failure_line(http_failure("failed")))
+    lines.append(b'{"custom_id":"foreign","response":{"status_code":201},"error":null}\n')
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(b"".join(lines))
+    done = DoneSet.from_output(output)
+    for custom_id in ("ok-0", "ok-1", "ok-2", 'quote"d', "foreign"):
+        assert custom_id in done
+    assert "failed" not in done
+    assert len(done) == 5

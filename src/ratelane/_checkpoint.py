@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import time
 import uuid
 from array import array
@@ -218,6 +219,30 @@ def repair_torn_tail(path: StrPath) -> int:
 # --------------------------------------------------------------------------- resume
 
 
+# The exact bytes success_line() writes: the keys in this order, compact. A line
+# that matches is read without parsing its (large) body; anything else is parsed.
+_SUCCESS_HEAD = re.compile(
+    rb'\{"id":"batch_req_[0-9a-f]*","custom_id":"([^"\\]+)","response":\{"status_code":2\d\d,'
+)
+_SUCCESS_TAIL = b',"error":null,"ratelane":{"attempts":'
+
+
+def _fast_success_id(raw: bytes) -> str | None:
+    """``custom_id`` of a success line in ratelane's own layout, else ``None`` (parse it)."""
+    head = _SUCCESS_HEAD.match(raw)
+    if head is None:
+        return None
+    # Quotes inside JSON strings are escaped, so the last unescaped '"error":' key
+    # is the top-level one; the body before it cannot fake this tail.
+    tail = raw.rfind(b',"error":')
+    if tail < 0 or not raw.startswith(_SUCCESS_TAIL, tail) or b'"error"' in raw[tail + 9 :]:
+        return None
+    try:
+        return head.group(1).decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def _success_ids(path: StrPath) -> Iterator[str]:
     """``custom_id`` of each success line: ``"error": null`` and a 2xx status."""
     try:
@@ -229,6 +254,10 @@ def _success_ids(path: StrPath) -> Iterator[str]:
         for raw in file:
             if not raw.endswith(b"\n"):
                 break  # a torn last line is never a result
+            custom_id = _fast_success_id(raw)
+            if custom_id is not None:
+                yield custom_id
+                continue
             try:
                 line = orjson.loads(raw)
             except orjson.JSONDecodeError:
