@@ -51,7 +51,7 @@ def test_every_module_is_private_and_typed() -> None:
 
 # Lower layers may not import higher ones.
 LAYERS = [
-    {"_errors", "_durations", "_tokens"},
+    {"_errors", "_durations", "_tokens", "_argtypes"},
     {"_models", "_config", "_wire"},
     {"_retry", "_limiter", "_transport", "_items", "_batch_input", "_checkpoint"},
     {"_engine"},

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from ._argtypes import positive_int
 from ._checkpoint import OutputLock
 from ._cli import EXIT_USAGE
 from ._errors import OutputLockedError
@@ -103,16 +104,6 @@ def write_sample_input(path: Path, count: int, *, seed: int = 0) -> list[str]:
     return first
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "demo",
@@ -132,7 +123,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add(
         "--count",
-        type=_count,
+        type=positive_int,
         default=DEFAULT_COUNT,
         help=f"requests in the sample file (default {DEFAULT_COUNT})",
     )

@@ -32,6 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ._api import Client
+from ._argtypes import positive_float, positive_int
 from ._batch_input import BatchLine, ValidationReport, iter_batch_requests, validate_batch_file
 from ._checkpoint import DoneSet, OutputLock, ResultWriter
 from ._cli import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -132,26 +133,6 @@ def default_errors_path(output_path: Path) -> Path:
     return output_path.with_name(output_path.stem + ".errors.jsonl")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run",
@@ -190,35 +171,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add(
         "--max-concurrency",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"requests in flight at most (default {DEFAULT_MAX_CONCURRENCY})",
     )
     add(
         "--rpm",
         metavar="N",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="requests-per-minute ceiling (default: learned from the server)",
     )
     add(
         "--tpm",
         metavar="N",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="tokens-per-minute ceiling (default: learned from the server)",
     )
     add(
         "--max-attempts",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"attempts per request, the first included (default {DEFAULT_MAX_ATTEMPTS})",
     )
     add(
         "--timeout",
         metavar="SECONDS",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help=f"seconds one attempt may take (default {DEFAULT_TIMEOUT_S:g})",
     )

@@ -18,31 +18,12 @@ from typing import Any
 
 import orjson
 
+from ratelane._argtypes import non_negative_float, positive_float, probability
+
 from ._config import Faults, Latency
 from ._server import FakeOpenAI
 
 __all__ = ["add_parser", "run"]
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -59,21 +40,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     add("--port", type=int, default=8000, help="port, 0 for any free one (default 8000)")
     add("--api-key", default="sk-fake", help="the accepted API key (default sk-fake)")
-    add("--rpm", type=_positive, default=None, help="requests per minute (default unlimited)")
-    add("--tpm", type=_positive, default=None, help="tokens per minute (default unlimited)")
-    add("--quantum-s", type=_positive, default=1.0, help="enforcement period (default 1.0 s)")
-    add("--latency", type=_non_negative, default=0.0, help="seconds per answer (median)")
-    add("--latency-sigma", type=_non_negative, default=0.0, help="lognormal sigma (default 0)")
-    add("--latency-per-token", type=_non_negative, default=0.0, help="seconds per output token")
-    add("--fail-rate", type=_probability, default=0.0, help="probability of HTTP 500")
-    add("--fail-502-rate", type=_probability, default=0.0, help="probability of HTTP 502")
-    add("--fail-503-rate", type=_probability, default=0.0, help="probability of HTTP 503")
-    add("--reset-rate", type=_probability, default=0.0, help="probability of a connection reset")
-    add("--stall-rate", type=_probability, default=0.0, help="probability of a stall")
-    add("--stall-s", type=_non_negative, default=30.0, help="stall duration (default 30 s)")
+    add("--rpm", type=positive_float, default=None, help="requests per minute (default unlimited)")
+    add("--tpm", type=positive_float, default=None, help="tokens per minute (default unlimited)")
+    add("--quantum-s", type=positive_float, default=1.0, help="enforcement period (default 1.0 s)")
+    add("--latency", type=non_negative_float, default=0.0, help="seconds per answer (median)")
+    add("--latency-sigma", type=non_negative_float, default=0.0, help="lognormal sigma (default 0)")
+    add(
+        "--latency-per-token", type=non_negative_float, default=0.0, help="seconds per output token"
+    )
+    add("--fail-rate", type=probability, default=0.0, help="probability of HTTP 500")
+    add("--fail-502-rate", type=probability, default=0.0, help="probability of HTTP 502")
+    add("--fail-503-rate", type=probability, default=0.0, help="probability of HTTP 503")
+    add("--reset-rate", type=probability, default=0.0, help="probability of a connection reset")
+    add("--stall-rate", type=probability, default=0.0, help="probability of a stall")
+    add("--stall-s", type=non_negative_float, default=30.0, help="stall duration (default 30 s)")
     add("--stall-then", choices=("answer", "drop"), default="drop", help="after a stall")
-    add("--truncate-rate", type=_probability, default=0.0, help="probability of cut JSON")
-    add("--quota-rate", type=_probability, default=0.0, help="probability of insufficient_quota")
+    add("--truncate-rate", type=probability, default=0.0, help="probability of cut JSON")
+    add("--quota-rate", type=probability, default=0.0, help="probability of insufficient_quota")
     add("--reject-reasoning", action="append", default=[], metavar="MODEL",
         help="model that refuses 'reasoning' (repeatable)")  # fmt: skip
     add("--reject-temperature", action="append", default=[], metavar="MODEL",
