@@ -310,3 +310,9 @@ def test_organization_and_project_headers_come_from_the_environment(
     assert headers["OpenAI-Organization"] == "org-abc"
     assert headers["OpenAI-Project"] == "proj_xyz"
     assert client.base_url == "https://api.openai.com/v1"
+
+
+@pytest.mark.parametrize("single", ["one prompt", {"model": "m", "input": "x"}])
+def test_a_single_item_instead_of_a_collection_is_refused(single: object) -> None:
+    with pytest.raises(ratelane.ConfigurationError, match="wrap it in a list"):
+        ratelane.run_many(single, model="m", api_key="sk-test", progress=False)  # type: ignore[arg-type]

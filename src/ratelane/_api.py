@@ -267,6 +267,12 @@ def _defaults(
 def _requests(
     items: Items, defaults: BodyDefaults
 ) -> Iterator[tuple[int, Request | Result]] | AsyncIterator[tuple[int, Request | Result]]:
+    if isinstance(items, str | bytes | Mapping | Request):
+        # Iterating these would send their characters or keys as prompts.
+        raise ConfigurationError(
+            f"items must be a collection of requests, got a single {type(items).__name__}. "
+            "HINT: wrap it in a list: run_many([item], ...)"
+        )
     if isinstance(items, AsyncIterable):
         return _arequests(items, defaults)
     return (_convert(item, index, defaults) for index, item in enumerate(items))
