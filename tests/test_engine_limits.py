@@ -209,3 +209,21 @@ def test_environment_supplies_key_and_base_url(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         results = ratelane.run_many(["env"], model="m", progress=False)
     assert results[0].ok
+
+
+async def test_a_server_without_limit_headers_gets_its_limit_discovered_from_429s() -> None:
+    async with FakeOpenAI(rpm=600, rate_limit_headers=False) as server:
+        started = time.monotonic()
+        async with Client(
+            api_key=server.api_key, base_url=server.base_url, max_concurrency=32
+        ) as client:
+            results = await client.run_many([f"p{i}" for i in range(100)], model="m")
+            pace = client.engine.governor.requests_per_minute
+        elapsed = time.monotonic() - started
+        limited = server.ledger.rate_limited
+    assert all(r.ok for r in results)
+    assert pace is not None
+    assert 300 <= pace <= 700  # found about 600 rpm, with a margin
+    # Without discovery every cool-down reopens into a flood: several 429s per success.
+    assert limited <= 80
+    assert elapsed <= 25

@@ -357,3 +357,20 @@ def test_sleeping_the_advertised_wait_is_enough(rpm: int, tpm: int, sizes: list[
         if not result.admitted:
             clock.advance(result.wait_s)
             assert limiter.admit(tokens).admitted
+
+
+async def test_limits_without_headers_like_many_compatible_servers() -> None:
+    async with (
+        FakeOpenAI(rpm=60, rate_limit_headers=False) as server,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.api_key}"}) as session,
+    ):
+        statuses = []
+        for _ in range(2):
+            async with session.post(
+                f"{server.base_url}/responses", json={"model": "m", "input": "x"}
+            ) as response:
+                statuses.append(response.status)
+                assert not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
+                assert response.headers["x-request-id"].startswith("req_")
+        assert statuses == [200, 429]
+        assert "retry-after-ms" in response.headers

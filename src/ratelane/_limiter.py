@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
@@ -34,6 +35,12 @@ _FLOOR_FACTOR = 0.5
 _RECOVERY_PER_S = 0.05
 #: 429s within this many seconds of a lowered limit, or of the last cut, cut nothing more.
 _SETTLE_S = 3.0
+#: With no limit announced, the request rate that drew a 429 is measured over this window...
+_DISCOVERY_WINDOW_S = 2.0
+#: ...as what the server accepted, paced at this fraction of it...
+_DISCOVERY_MARGIN = 0.9
+#: ...and then grows by this fraction per second to probe for more.
+_DISCOVERY_GROWTH_PER_S = 0.01
 
 
 class _TunableLimiter(AsyncLimiter):
@@ -100,6 +107,11 @@ class RateGovernor:
         self._factor = 1.0
         self._factor_cut_at = -math.inf
         self._limit_lowered_at = -math.inf
+        # Only for servers that announce no request limit: the rate found by 429s.
+        self._discovered_rpm: float | None = None
+        self._discovered_at = 0.0
+        self._recent_admissions: deque[float] = deque()
+        self._recent_rejections: deque[float] = deque()
         self._gate = asyncio.Event()
         self._gate.set()
         self._closed_until = 0.0
@@ -156,7 +168,11 @@ class RateGovernor:
                 await self._tokens.acquire_any(tokens)
             # A cool-down that began while we queued applies to us too.
             if self._gate.is_set():
-                return self._now()
+                now = self._now()
+                if self._rpm_ceiling is None and self.learned_rpm is None:
+                    # Only servers that announce no limit need the sending rate measured.
+                    _slide(self._recent_admissions, now)
+                return now
 
     def observe(
         self,
@@ -197,30 +213,61 @@ class RateGovernor:
         if pause > 0:
             self._close_gate(pause)
 
+    def _discover_limit(self, now: float) -> bool:
+        """After a 429 from a server that announces no request limit, pace at the rate it
+        accepted over the last few seconds (sent minus refused), with a margin.
+
+        Returns False when the server does announce a limit (nothing to discover)."""
+        if _effective(self._rpm_ceiling, self.learned_rpm) is not None:
+            return False
+        _slide(self._recent_rejections, now)
+        if self._discovered_rpm is not None and now - self._discovered_at < _SETTLE_S:
+            return True  # stragglers sent before the last estimate
+        _slide(self._recent_admissions, now, add=False)
+        accepted = len(self._recent_admissions) - len(self._recent_rejections)
+        self._discovered_rpm = max(1.0, accepted) / _DISCOVERY_WINDOW_S * 60.0 * _DISCOVERY_MARGIN
+        self._discovered_at = now
+        logger.warning(
+            "the server announces no rate limit but answered 429: pacing at about "
+            "%.0f requests/min, the rate it accepted, and probing slowly upward",
+            self._discovered_rpm,
+        )
+        return True
+
+    def _discovered_now(self, now: float) -> float | None:
+        if self._discovered_rpm is None:
+            return None
+        growth = 1.0 + _DISCOVERY_GROWTH_PER_S * max(0.0, now - self._discovered_at)
+        return self._discovered_rpm * growth
+
     def cool_down(self, seconds: float) -> bool:
         """Pause admission for everyone for ``seconds`` after a 429 and slow down.
 
-        Returns True when this starts a new cool-down (not an extension)."""
+        Called once per 429. Returns True when this starts a new cool-down (not
+        an extension)."""
         started = self._gate.is_set()
         now = self._now()
+        discovering = self._discover_limit(now)
         if started:
             self.cooldowns += 1
             # Cut the rate only for 429s that compliance did not prevent: not those
             # explained by a limit just lowered (the headers already retuned us), and
-            # not again for stragglers admitted before the previous cut.
-            explained = now - self._limit_lowered_at < _SETTLE_S
+            # not again for stragglers admitted before the previous cut. Without an
+            # announced limit the discovered rate already adapts, so no cut either.
+            explained = discovering or now - self._limit_lowered_at < _SETTLE_S
             if not explained and now - self._factor_cut_at >= _SETTLE_S:
                 self._factor = max(_FLOOR_FACTOR, self._current_factor(now) * _CUT_FACTOR)
                 self._factor_cut_at = now
-            logger.warning(
-                "rate limited (429): pausing all requests for %.2fs, "
-                "then resuming at %.0f%% of the limit",
-                seconds,
-                self._factor * 100,
-            )
         self._fill_on_reopen = True
         self._close_gate(seconds)
         self._retune()
+        if started:
+            logger.warning(
+                "rate limited (429): pausing all requests for %.2fs, then resuming at %s "
+                "requests/min",
+                seconds,
+                _show(self.requests_per_minute),
+            )
         return started
 
     def _close_gate(self, seconds: float) -> None:
@@ -252,12 +299,12 @@ class RateGovernor:
         return min(1.0, recovered)
 
     def _retune(self) -> None:
-        factor = self._current_factor(self._now()) if self._factor < 1.0 else 1.0
+        now = self._now() if self._factor < 1.0 or self._discovered_rpm is not None else 0.0
+        factor = self._current_factor(now) if self._factor < 1.0 else 1.0
         if factor >= 1.0:
             self._factor = 1.0
-        self._requests = self._tuned(
-            self._requests, _effective(self._rpm_ceiling, self.learned_rpm), factor, minimum=1.0
-        )
+        request_limit = _effective(self._rpm_ceiling, self.learned_rpm or self._discovered_now(now))
+        self._requests = self._tuned(self._requests, request_limit, factor, minimum=1.0)
         self._tokens = self._tuned(
             self._tokens, _effective(self._tpm_ceiling, self.learned_tpm), factor, minimum=1.0
         )
@@ -281,14 +328,24 @@ class RateGovernor:
         return limiter
 
     def __repr__(self) -> str:
-        def show(value: float | None) -> str:
-            return "unlimited" if value is None else f"{value:.0f}"
-
         return (
-            f"<RateGovernor rpm={show(self.requests_per_minute)} tpm={show(self.tokens_per_minute)}"
-            f" learned_rpm={show(self.learned_rpm)} learned_tpm={show(self.learned_tpm)}"
+            f"<RateGovernor rpm={_show(self.requests_per_minute)}"
+            f" tpm={_show(self.tokens_per_minute)}"
+            f" learned_rpm={_show(self.learned_rpm)} learned_tpm={_show(self.learned_tpm)}"
             f" cooling_down={self.cooling_down} cooldowns={self.cooldowns}>"
         )
+
+
+def _slide(times: deque[float], now: float, *, add: bool = True) -> None:
+    """Keep the last ``_DISCOVERY_WINDOW_S`` seconds of event times (adding ``now``)."""
+    if add:
+        times.append(now)
+    while times and now - times[0] > _DISCOVERY_WINDOW_S:
+        times.popleft()
+
+
+def _show(value: float | None) -> str:
+    return "unlimited" if value is None else f"{value:.0f}"
 
 
 def _learn(known: float | None, announced: float | None, stale: bool) -> tuple[float | None, bool]:

@@ -122,7 +122,12 @@ class FakeApp:
         headers["x-request-id"] = request_id
         headers["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
         if extra:
-            headers.update(extra)
+            if self.options.rate_limit_headers:
+                headers.update(extra)
+            else:
+                headers.update(
+                    (name, value) for name, value in extra.items() if not name.startswith("x-ratel")
+                )
         return web.Response(status=status, body=body, headers=headers)
 
     def _record(

@@ -65,6 +65,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--ledger-limit", type=int, default=10_000,
         help="ledger entries kept; counters always (default 10000)")  # fmt: skip
     add("--seed", type=int, default=0, help="seed for faults, latency and ids (default 0)")
+    add("--no-rate-limit-headers", dest="rate_limit_headers", action="store_false",
+        help="enforce limits, send no x-ratelimit-* headers (as many servers do)")  # fmt: skip
     parser.set_defaults(handler=run)
     return parser
 
@@ -96,6 +98,7 @@ def _server_from_args(args: argparse.Namespace) -> FakeOpenAI:
         host=args.host,
         port=args.port,
         store_limit=args.store_limit,
+        rate_limit_headers=args.rate_limit_headers,
         ledger_limit=args.ledger_limit,
     )
 

@@ -172,6 +172,7 @@ class ServerOptions:
     embedding_dimensions: int = 16
     organization: str = "org-fake"
     clock: Callable[[], float] = time.monotonic
+    rate_limit_headers: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:

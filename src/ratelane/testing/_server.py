@@ -67,6 +67,8 @@ class FakeOpenAI:
     - ``models``: if given, other model names answer 404 ``model_not_found``.
     - ``embedding_dimensions``: default vector length of ``/v1/embeddings``.
     - ``organization``: named in rate-limit messages and headers.
+    - ``rate_limit_headers``: ``False`` enforces the limits but sends no
+      ``x-ratelimit-*`` headers, like many OpenAI-compatible servers.
     - ``clock``: monotonic seconds for rate limits and ledger times
       (inject a fake clock in tests); latency always sleeps in real time.
     """
@@ -90,6 +92,7 @@ class FakeOpenAI:
         embedding_dimensions: int = 16,
         organization: str = "org-fake",
         clock: Callable[[], float] = time.monotonic,
+        rate_limit_headers: bool = True,
     ) -> None:
         self.options = ServerOptions(
             api_key=api_key,
@@ -108,6 +111,7 @@ class FakeOpenAI:
             embedding_dimensions=embedding_dimensions,
             organization=organization,
             clock=clock,
+            rate_limit_headers=rate_limit_headers,
         )
         self._app = FakeApp(self.options)
         self._runner: web.ServerRunner | None = None
