@@ -96,7 +96,6 @@ class Engine:
         self._streak = 0
         self._fatal: tuple[str, str] | None = None
         self._stopping = False
-        self._debug = logger.isEnabledFor(logging.DEBUG)
 
     # -- one request ----------------------------------------------------------
     def _prepare(self, index: int, request: Request) -> _State:
@@ -293,7 +292,7 @@ class Engine:
             )
 
     def _log_attempt(self, state: _State, attempt: _Attempt, charge: int) -> None:
-        if not self._debug:
+        if not logger.isEnabledFor(logging.DEBUG):  # cached by logging: cheap per attempt
             return
         body = attempt.body if isinstance(attempt.body, Mapping) else {}
         logger.debug(
