@@ -348,6 +348,39 @@ def target(name: str, goal: str, measured: str, met: bool | None) -> dict[str, A
     return {"target": name, "goal": goal, "measured": measured, "met": met}
 
 
+def limit_row(label: str, achieved: float, data: dict[str, Any], run_: Any) -> list[str]:
+    """One table row of a limit-bound scenario (request or token limit)."""
+    client = run_.client
+    steady_note = "" if data["steady_state_reached"] else " (no steady state)"
+    return [
+        label,
+        fmt(achieved, 0),
+        pct(data["achieved_fraction"]) + steady_note,
+        pct(data["rate_limited_fraction"], 2),
+        f"{run_.ledger['rate_limited']}/{run_.ledger['total']}",
+        str(client["failed"]),
+        fmt(client["wall_s"], 1),
+    ]
+
+
+def limit_targets(kind: str, symbol: str, ours: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two targets of a limit-bound scenario: share of the limit, share of 429s."""
+    return [
+        target(
+            f"{kind} limit achieved (steady state)",
+            f">= 97% of {symbol}",
+            pct(ours["achieved_fraction"]),
+            ours["achieved_fraction"] >= 0.97,
+        ),
+        target(
+            f"429 fraction under a {kind} limit",
+            "<= 1%",
+            pct(ours["rate_limited_fraction"], 2),
+            ours["rate_limited_fraction"] <= 0.01,
+        ),
+    ]
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"

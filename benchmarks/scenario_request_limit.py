@@ -12,7 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 import _plots
-from _bench import Context, fmt, limited_run, pct, report, steady, target, trim_idle
+from _bench import (
+    Context,
+    limit_row,
+    limit_targets,
+    limited_run,
+    pct,
+    report,
+    steady,
+    trim_idle,
+)
 
 NAME = "request_limit"
 RPM = 3_000
@@ -66,32 +75,9 @@ def run(ctx: Context) -> dict[str, Any]:
             f"{variant}: {pct(data['achieved_fraction'])} of {rpm} rpm, "
             f"{pct(data['rate_limited_fraction'], 2)} 429s, {client['failed']} failed"
         )
-        rows.append(
-            [
-                LABELS[variant],
-                fmt(achieved_rpm, 0),
-                pct(data["achieved_fraction"]) + ("" if is_steady else " (no steady state)"),
-                pct(data["rate_limited_fraction"], 2),
-                f"{run_.ledger['rate_limited']}/{run_.ledger['total']}",
-                str(client["failed"]),
-                fmt(client["wall_s"], 1),
-            ]
-        )
+        rows.append(limit_row(LABELS[variant], achieved_rpm, data, run_))
     ours = figures["ratelane"]
-    targets = [
-        target(
-            "request limit achieved (steady state)",
-            ">= 97% of R",
-            pct(ours["achieved_fraction"]),
-            ours["achieved_fraction"] >= 0.97,
-        ),
-        target(
-            "429 fraction under a request limit",
-            "<= 1%",
-            pct(ours["rate_limited_fraction"], 2),
-            ours["rate_limited_fraction"] <= 0.01,
-        ),
-    ]
+    targets = limit_targets("request", "R", ours)
     longest = max(len(s) for s in series_by_variant.values())
     plot = _plots.rate_against_limit(
         ctx.out_dir / "request_limit.png",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import _plots
-from _bench import Context, LimitedRun, fmt, limited_run, pct, report, target
+from _bench import Context, LimitedRun, limit_row, limit_targets, limited_run, pct, report
 
 NAME = "token_limit"
 TPM = 1_000_000
@@ -82,32 +82,9 @@ def run(ctx: Context) -> dict[str, Any]:
             f"{variant}: {pct(data['achieved_fraction'])} of {tpm:,} tpm, "
             f"{pct(data['rate_limited_fraction'], 2)} 429s, {client['failed']} failed"
         )
-        rows.append(
-            [
-                LABELS[variant],
-                fmt(achieved, 0),
-                pct(data["achieved_fraction"]) + ("" if is_steady else " (no steady state)"),
-                pct(data["rate_limited_fraction"], 2),
-                f"{run_.ledger['rate_limited']}/{run_.ledger['total']}",
-                str(client["failed"]),
-                fmt(client["wall_s"], 1),
-            ]
-        )
+        rows.append(limit_row(LABELS[variant], achieved, data, run_))
     ours = figures["ratelane"]
-    targets = [
-        target(
-            "token limit achieved (steady state)",
-            ">= 97% of T",
-            pct(ours["achieved_fraction"]),
-            ours["achieved_fraction"] >= 0.97,
-        ),
-        target(
-            "429 fraction under a token limit",
-            "<= 1%",
-            pct(ours["rate_limited_fraction"], 2),
-            ours["rate_limited_fraction"] <= 0.01,
-        ),
-    ]
+    targets = limit_targets("token", "T", ours)
     longest = max((times[-1] for times, _ in lines.values() if times), default=1.0)
     plot = _plots.rate_against_limit(
         ctx.out_dir / "token_limit.png",
