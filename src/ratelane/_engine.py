@@ -58,7 +58,7 @@ class _State:
 
     index: int
     request: Request
-    body: dict[str, Any]
+    body: Mapping[str, Any]  # the caller's; copied before any parameter is removed
     payload: bytes
     started: float
     charge: int = -1
@@ -99,14 +99,14 @@ class Engine:
 
     # -- one request ----------------------------------------------------------
     def _prepare(self, index: int, request: Request) -> _State:
-        body = dict(request.body)
+        body = request.body
         dropped: list[str] = []
         model = body.get("model")
         if isinstance(model, str):
-            for name in self._dropped_by_model.get(model, ()):
-                if name in body:
-                    del body[name]
-                    dropped.append(name)
+            known = self._dropped_by_model.get(model, ())
+            dropped = [name for name in known if name in body]
+            if dropped:
+                body = {key: value for key, value in body.items() if key not in dropped}
         return _State(index, request, body, orjson.dumps(body), time.monotonic(), dropped=dropped)
 
     def _charge(self, state: _State) -> int:
@@ -276,7 +276,7 @@ class Engine:
         return attempt
 
     def _drop(self, state: _State, name: str) -> None:
-        del state.body[name]
+        state.body = {key: value for key, value in state.body.items() if key != name}
         state.dropped.append(name)
         state.payload = orjson.dumps(state.body)
         state.charge = -1
