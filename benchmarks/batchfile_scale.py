@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ratelane._batch_input import iter_batch_requests, validate_batch_file
-from ratelane._checkpoint import DoneSet
+from ratelane._files.checkpoint import DoneSet
+from ratelane._files.input import iter_batch_requests, validate_batch_file
 
 INPUT_NAME = "input.jsonl"
 OUTPUT_NAME = "output.jsonl"

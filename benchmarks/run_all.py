@@ -104,7 +104,7 @@ def main() -> int:
     document: dict[str, Any] = {
         "meta": {
             "mode": mode,
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),

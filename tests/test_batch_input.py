@@ -11,17 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ratelane import _batch_input
-from ratelane._batch_input import (
+from ratelane._core.errors import ConfigurationError, InputError
+from ratelane._core.models import Request
+from ratelane._core.tokens import estimate_request_tokens
+from ratelane._files import input as _batch_input
+from ratelane._files.input import (
     BatchLine,
     ValidationReport,
     iter_batch_requests,
     iter_sorted_int64,
     validate_batch_file,
 )
-from ratelane._errors import ConfigurationError, InputError
-from ratelane._models import Request
-from ratelane._tokens import estimate_request_tokens
 
 MISSING: Any = object()
 

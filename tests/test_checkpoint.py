@@ -12,8 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ratelane import _batch_input
-from ratelane._checkpoint import (
+from ratelane._core.errors import ConfigurationError, OutputLockedError
+from ratelane._core.models import ErrorInfo, Result
+from ratelane._files import input as _batch_input
+from ratelane._files.checkpoint import (
     DoneSet,
     OutputLock,
     ResultWriter,
@@ -21,8 +23,6 @@ from ratelane._checkpoint import (
     repair_torn_tail,
     success_line,
 )
-from ratelane._errors import ConfigurationError, OutputLockedError
-from ratelane._models import ErrorInfo, Result
 
 
 def ok_result(custom_id: str, **fields: object) -> Result:
@@ -294,7 +294,7 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys\n"
-            "from ratelane._checkpoint import OutputLock\n"
+            "from ratelane._files.checkpoint import OutputLock\n"
             "with OutputLock(sys.argv[1]):\n"
             "    print('locked', flush=True)\n"
             "    sys.stdin.read()\n",

@@ -298,8 +298,8 @@ def test_the_grace_period_ends_a_stuck_shutdown(
     faults = Faults(stall=1.0, stall_s=60, stall_then="answer")
     # The real CLI with a 1 s grace instead of GRACE_S, so the test does not wait 10 s.
     script = (
-        "import sys, ratelane._run_command as run_command; run_command.GRACE_S = 1.0; "
-        "from ratelane._cli import main; sys.argv[0] = 'ratelane'; "
+        "import sys, ratelane._cli.run as run_command; run_command.GRACE_S = 1.0; "
+        "from ratelane._cli.main import main; sys.argv[0] = 'ratelane'; "
         "raise SystemExit(main(sys.argv[1:]))"
     )
     with FakeOpenAI(api_key=KEY, faults=faults).run_in_thread() as server:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ratelane._summary import LatencySample, compact_number, progress_postfix
+from ratelane._cli.summary import LatencySample, compact_number, progress_postfix
 from ratelane.testing import ECHO_PREFIX, FakeOpenAI
 
 TIMEOUT_S = 60

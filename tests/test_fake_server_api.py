@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 import ratelane.testing
-from ratelane._tokens import estimate_input_tokens
+from ratelane._core.tokens import estimate_input_tokens
 from ratelane.testing import ECHO_PREFIX, REASONING_TOKENS, FakeOpenAI
 
 KEY = "sk-test-0123456789abcdef"
@@ -80,7 +80,7 @@ def test_the_fake_shares_only_durations_and_tokens_with_the_client() -> None:
     # A fake built from the client's own code would agree with its bugs.
     package = Path(ratelane.testing.__file__).parent
     # _argtypes only parses command-line numbers: no protocol behaviour to share.
-    allowed = {"ratelane._durations", "ratelane._tokens", "ratelane._argtypes"}
+    allowed = {"ratelane._core.durations", "ratelane._core.tokens", "ratelane._core.argtypes"}
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -93,8 +93,8 @@ def test_the_fake_shares_only_durations_and_tokens_with_the_client() -> None:
 
 def test_importing_ratelane_testing_does_not_import_pytest() -> None:
     code = (
-        "import sys, ratelane.testing, ratelane._cli; "
-        "ratelane._cli.build_parser(); "
+        "import sys, ratelane.testing, ratelane._cli.main; "
+        "ratelane._cli.main.build_parser(); "
         "assert 'pytest' not in sys.modules and 'pytest_asyncio' not in sys.modules, 'leak'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

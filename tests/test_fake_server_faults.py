@@ -36,7 +36,7 @@ async def post(
     body: dict[str, Any] = BODY,
     *,
     fault: str | None = None,
-    timeout: float | None = None,
+    timeout_s: float | None = None,
 ) -> tuple[int, bytes, Any]:
     headers = {"Authorization": f"Bearer {KEY}"}
     if fault is not None:
@@ -45,8 +45,8 @@ async def post(
         server.base_url + "/responses",
         json=body,
         headers=headers,
-        timeout=aiohttp.ClientTimeout(total=timeout)
-        if timeout
+        timeout=aiohttp.ClientTimeout(total=timeout_s)
+        if timeout_s
         else aiohttp.ClientTimeout(total=10),
     ) as response:
         return response.status, await response.read(), response.headers
@@ -104,7 +104,7 @@ async def test_stall_outlasts_a_short_client_timeout(session: aiohttp.ClientSess
     async with FakeOpenAI(api_key=KEY, faults=Faults(stall_s=30.0)) as server:
         started = time.monotonic()
         with pytest.raises(asyncio.TimeoutError):
-            await post(session, server, fault="stall", timeout=0.3)
+            await post(session, server, fault="stall", timeout_s=0.3)
         assert time.monotonic() - started < 5
         [entry] = server.ledger.entries
         assert entry.fault == "stall"

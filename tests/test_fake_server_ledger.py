@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from ratelane._tokens import estimate_request_tokens
+from ratelane._core.tokens import estimate_request_tokens
 from ratelane.testing import FAULT_HEADER, FakeOpenAI, Ledger, LedgerEntry
 
 KEY = "sk-test"

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ratelane._durations import parse_duration
-from ratelane._tokens import estimate_request_tokens
+from ratelane._core.durations import parse_duration
+from ratelane._core.tokens import estimate_request_tokens
 from ratelane.testing import FakeOpenAI
 from ratelane.testing._ratelimit import RateLimiter
 

@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ratelane._limiter import RateGovernor
-from ratelane._wire import RateLimitHeaders
+from ratelane._http.wire import RateLimitHeaders
+from ratelane._limits.governor import RateGovernor
 
 T = TypeVar("T")
 

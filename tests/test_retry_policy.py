@@ -3,8 +3,8 @@ import random
 import pytest
 
 from ratelane import ConfigurationError, RetryPolicy, backoff_wait
-from ratelane._models import ErrorInfo
-from ratelane._retry import Verdict, classify, param_to_drop, parse_retry_after
+from ratelane._core.models import ErrorInfo
+from ratelane._engine.retry import Verdict, classify, param_to_drop, parse_retry_after
 
 
 def _error(code: str | None, message: str = "m", kind: str = "invalid_request_error", param=None):

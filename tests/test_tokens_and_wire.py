@@ -1,7 +1,7 @@
 import pytest
 
-from ratelane._tokens import estimate_input_tokens, estimate_request_tokens, output_budget
-from ratelane._wire import join_url, mask_key, read_rate_limit_headers
+from ratelane._core.tokens import estimate_input_tokens, estimate_request_tokens, output_budget
+from ratelane._http.wire import join_url, mask_key, read_rate_limit_headers
 
 
 def test_input_estimate_is_ceil_of_characters_over_four() -> None:

@@ -8,10 +8,10 @@ Public API (everything else is private)::
     async with ratelane.Client() as client: await client.create({...})
 """
 
-from ._api import Client, Results, arun_many, iter_results, run_many
-from ._config import PROFILES, Price, Profile, RetryPolicy
-from ._durations import format_duration, parse_duration
-from ._errors import (
+from ._api.client import Client, Results, arun_many, iter_results, run_many
+from ._core.config import PROFILES, Price, Profile, RetryPolicy
+from ._core.durations import format_duration, parse_duration
+from ._core.errors import (
     APIError,
     ConfigurationError,
     FatalError,
@@ -21,8 +21,8 @@ from ._errors import (
     RequestTimeout,
     TransportError,
 )
-from ._models import ErrorInfo, Request, Result, RunStats, Usage
-from ._retry import backoff_wait
+from ._core.models import ErrorInfo, Request, Result, RunStats, Usage
+from ._engine.retry import backoff_wait
 
 __version__ = "0.1.0"
 

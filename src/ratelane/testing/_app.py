@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ratelane._tokens import estimate_request_tokens
+from ratelane._core.tokens import estimate_request_tokens
 
 from . import _bodies
 from ._config import FAULT_KINDS, ServerOptions

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from ratelane._durations import format_duration
-from ratelane._tokens import CHARS_PER_TOKEN, estimate_input_tokens
+from ratelane._core.durations import format_duration
+from ratelane._core.tokens import CHARS_PER_TOKEN, estimate_input_tokens
 
 __all__ = [
     "ECHO_PREFIX",

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ratelane._argtypes import non_negative_float, positive_float, probability
+from ratelane._core.argtypes import non_negative_float, positive_float, probability
 
 from ._config import Faults, Latency
 from ._server import FakeOpenAI

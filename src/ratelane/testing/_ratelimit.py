@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ratelane._durations import format_duration
+from ratelane._core.durations import format_duration
 
 from ._config import check_limit
 

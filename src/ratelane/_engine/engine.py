@@ -20,14 +20,15 @@ from typing import Any
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 
-from ._config import Price, RetryPolicy
-from ._errors import FatalError, RequestTimeout, TransportError
-from ._limiter import RateGovernor
-from ._models import ErrorInfo, Request, Result, RunStats, Usage
-from ._retry import Judgement, Verdict, backoff_wait, classify, param_to_drop, parse_retry_after
-from ._tokens import DEFAULT_OUTPUT_TOKENS, estimate_input_tokens, output_budget
-from ._transport import Reply, Transport
-from ._wire import read_rate_limit_headers
+from ratelane._core.config import Price, RetryPolicy
+from ratelane._core.errors import FatalError, RequestTimeout, TransportError
+from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
+from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS, estimate_input_tokens, output_budget
+from ratelane._http.transport import Reply, Transport
+from ratelane._http.wire import read_rate_limit_headers
+from ratelane._limits.governor import RateGovernor
+
+from .retry import Judgement, Verdict, backoff_wait, classify, param_to_drop, parse_retry_after
 
 __all__ = ["Engine"]
 

@@ -31,17 +31,23 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ._api import Client
-from ._argtypes import positive_float, positive_int
-from ._batch_input import BatchLine, ValidationReport, iter_batch_requests, validate_batch_file
-from ._checkpoint import DoneSet, OutputLock, ResultWriter
-from ._cli import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from ._config import RetryPolicy
-from ._engine import Engine
-from ._errors import ConfigurationError, FatalError, InputError, OutputLockedError
-from ._models import Request, Result, RunStats
-from ._summary import LatencySample, RunSummary, format_summary, progress_postfix
-from ._wire import DEFAULT_BASE_URL
+from ratelane._api.client import Client
+from ratelane._core.argtypes import positive_float, positive_int
+from ratelane._core.config import RetryPolicy
+from ratelane._core.errors import ConfigurationError, FatalError, InputError, OutputLockedError
+from ratelane._core.models import Request, Result, RunStats
+from ratelane._engine.engine import Engine
+from ratelane._files.checkpoint import DoneSet, OutputLock, ResultWriter
+from ratelane._files.input import (
+    BatchLine,
+    ValidationReport,
+    iter_batch_requests,
+    validate_batch_file,
+)
+from ratelane._http.wire import DEFAULT_BASE_URL
+
+from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .summary import LatencySample, RunSummary, format_summary, progress_postfix
 
 __all__ = [
     "GRACE_S",

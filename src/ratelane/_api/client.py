@@ -12,15 +12,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ._config import PROFILES, Price, Profile, RetryPolicy
-from ._engine import Engine, NotSent, SleepFn
-from ._errors import APIError, ConfigurationError, FatalError, InputError
-from ._items import BodyDefaults, to_request
-from ._limiter import RateGovernor
-from ._models import ErrorInfo, Request, Result, RunStats
-from ._tokens import DEFAULT_OUTPUT_TOKENS
-from ._transport import Transport
-from ._wire import DEFAULT_BASE_URL, mask_key
+from ratelane._core.config import PROFILES, Price, Profile, RetryPolicy
+from ratelane._core.errors import APIError, ConfigurationError, FatalError, InputError
+from ratelane._core.items import BodyDefaults, to_request
+from ratelane._core.models import ErrorInfo, Request, Result, RunStats
+from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.engine import Engine, NotSent, SleepFn
+from ratelane._http.transport import Transport
+from ratelane._http.wire import DEFAULT_BASE_URL, mask_key
+from ratelane._limits.governor import RateGovernor
 
 __all__ = ["Client", "Results", "arun_many", "iter_results", "run_many"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ConfigurationError
+from .errors import ConfigurationError
 
 __all__ = ["PROFILES", "Price", "Profile", "RetryPolicy"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._models import LatencySample, RunStats
+from ratelane._core.models import LatencySample, RunStats
 
 __all__ = [
     "LatencySample",

@@ -25,9 +25,10 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _demo as demo_command
-    from . import _run_command as run_command
-    from .testing import _command as fake_server_command
+    from ratelane.testing import _command as fake_server_command
+
+    from . import demo as demo_command
+    from . import run as run_command
 
     parser = argparse.ArgumentParser(
         prog="ratelane",

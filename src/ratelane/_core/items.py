@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import InputError
-from ._models import SUPPORTED_PATHS, Request
+from .errors import InputError
+from .models import SUPPORTED_PATHS, Request
 
 __all__ = ["BodyDefaults", "to_request"]
 

@@ -39,9 +39,10 @@ from typing import Any
 
 import orjson
 
-from ._batch_input import int64_hash_function, iter_sorted_int64
-from ._errors import ConfigurationError, OutputLockedError
-from ._models import Result
+from ratelane._core.errors import ConfigurationError, OutputLockedError
+from ratelane._core.models import Result
+
+from .input import int64_hash_function, iter_sorted_int64
 
 __all__ = [
     "DoneSet",

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._config import RetryPolicy
-from ._models import ErrorInfo
+from ratelane._core.config import RetryPolicy
+from ratelane._core.models import ErrorInfo
 
 __all__ = [
     "Verdict",

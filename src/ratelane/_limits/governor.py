@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 
-from ._wire import RateLimitHeaders
+from ratelane._http.wire import RateLimitHeaders
 
 __all__ = ["RateGovernor"]
 

@@ -20,13 +20,14 @@ from typing import Any
 
 import orjson
 
-from ._argtypes import positive_int
-from ._checkpoint import OutputLock
-from ._cli import EXIT_USAGE
-from ._errors import OutputLockedError
-from ._models import output_text_of
-from ._run_command import RunSettings, default_errors_path, run_batch
-from .testing import FakeOpenAI, Latency
+from ratelane._core.argtypes import positive_int
+from ratelane._core.errors import OutputLockedError
+from ratelane._core.models import output_text_of
+from ratelane._files.checkpoint import OutputLock
+from ratelane.testing import FakeOpenAI, Latency
+
+from .main import EXIT_USAGE
+from .run import RunSettings, default_errors_path, run_batch
 
 __all__ = ["add_parser", "run", "write_sample_input"]
 

@@ -7,15 +7,15 @@ TransportError / RequestTimeout, with messages that never include headers
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from ._errors import ConfigurationError, RequestTimeout, TransportError
-from ._wire import auth_headers, join_url, mask_key
+from ratelane._core.errors import ConfigurationError, RequestTimeout, TransportError
+
+from .wire import auth_headers, join_url, mask_key
 
 __all__ = ["Reply", "Transport"]
 
@@ -94,7 +94,7 @@ class Transport:
             async with session.post(url, data=payload) as response:
                 raw = await response.read()
                 return Reply(response.status, response.headers, raw)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"no complete answer from {url} within the timeout") from None
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"cannot connect to {url}: {exc.os_error}") from None

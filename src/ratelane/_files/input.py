@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
-from ._errors import ConfigurationError, InputError
-from ._models import SUPPORTED_PATHS, Request
-from ._tokens import estimate_request_tokens
+from ratelane._core.errors import ConfigurationError, InputError
+from ratelane._core.models import SUPPORTED_PATHS, Request
+from ratelane._core.tokens import estimate_request_tokens
 
 __all__ = [
     "BatchLine",

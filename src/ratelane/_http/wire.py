@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._durations import parse_duration
+from ratelane._core.durations import parse_duration
 
 __all__ = ["RateLimitHeaders", "auth_headers", "join_url", "mask_key", "read_rate_limit_headers"]
 

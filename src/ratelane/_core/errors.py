@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._models import Result, RunStats
+    from .models import Result, RunStats
 
 __all__ = [
     "APIError",
