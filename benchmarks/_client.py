@@ -99,10 +99,18 @@ async def run_ratelane(spec: dict[str, Any], bodies: list[dict[str, Any]]) -> di
     ) as client:
         if spec["variant"] == "ratelane_iter":
             # Results are dropped as they arrive, as a streaming consumer would.
+            # iter_results hands out no stats: count them here from the results.
+            stats = ratelane.RunStats()
             async for result in client.iter_results(bodies):
-                if not result.ok:
+                stats.attempts += result.attempts
+                stats.retried += result.attempts > 1
+                stats.latencies_s.append(result.latency_s)
+                if result.ok:
+                    stats.succeeded += 1
+                else:
+                    stats.failed += 1
                     errors[_error_code(result)] += 1
-            stats = client.engine.stats
+            stats.cooldowns = client.engine.governor.cooldowns
         else:
             results = await client.run_many(bodies)
             errors.update(_error_code(result) for result in results if not result.ok)

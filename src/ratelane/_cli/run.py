@@ -36,7 +36,7 @@ from ratelane._core.argtypes import positive_float, positive_int
 from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError, OutputLockedError
 from ratelane._core.models import Request, Result, RunStats
-from ratelane._engine.engine import Engine
+from ratelane._engine.run import Run
 from ratelane._files.checkpoint import DoneSet, OutputLock, ResultWriter
 from ratelane._files.input import (
     BatchLine,
@@ -47,7 +47,7 @@ from ratelane._files.input import (
 from ratelane._http.wire import DEFAULT_BASE_URL
 
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .summary import LatencySample, RunSummary, format_summary, progress_postfix
+from .summary import RunSummary, format_summary, progress_postfix
 
 __all__ = [
     "GRACE_S",
@@ -479,8 +479,8 @@ class _Feed:
 class _Progress:
     """The tqdm bar on stderr: one tick per result, the postfix text every POSTFIX_INTERVAL_S."""
 
-    def __init__(self, engine: Engine, *, total: int, enabled: bool) -> None:
-        self._engine = engine
+    def __init__(self, run: Run, *, total: int, enabled: bool) -> None:
+        self._run = run
         self._enabled = enabled
         self._next_postfix = 0.0
         self.bar = tqdm(
@@ -504,8 +504,8 @@ class _Progress:
         self.bar.update(1)
 
     def postfix(self) -> str:
-        stats = self._engine.stats
-        governor = self._engine.governor
+        stats = self._run.stats
+        governor = self._run.engine.governor
         return progress_postfix(
             succeeded=stats.succeeded,
             failed=stats.failed,
@@ -530,8 +530,8 @@ class _Progress:
 class _Interrupts:
     """SIGINT/SIGTERM: the first stops admission and starts the grace timer, the next cancels."""
 
-    def __init__(self, engine: Engine, task: asyncio.Future[Any], feed: _Feed) -> None:
-        self._engine = engine
+    def __init__(self, run: Run, task: asyncio.Future[Any], feed: _Feed) -> None:
+        self._run = run
         self._task = task
         self._feed = feed
         self._timer: asyncio.TimerHandle | None = None
@@ -539,7 +539,7 @@ class _Interrupts:
         self.abandoned = 0
 
     def _in_flight(self) -> int:
-        return max(0, self._feed.sent - self._engine.stats.completed)
+        return max(0, self._feed.sent - self._run.stats.completed)
 
     def __call__(self, signum: int) -> None:
         self.count += 1
@@ -547,7 +547,7 @@ class _Interrupts:
         if self.count > 1:
             self._cancel(f"second {name}")
             return
-        self._engine.stop()
+        self._run.stop()
         _write(
             f"{name}: stopping; no new requests are sent. Waiting up to {GRACE_S:g} s for "
             f"{self._in_flight():,} in flight (press Ctrl-C again to stop at once)"
@@ -583,11 +583,8 @@ async def _drive(
 ) -> _Outcome:
     loop = asyncio.get_running_loop()
     async with client:
-        engine = client.engine
-        engine.stats = RunStats(latencies_s=LatencySample())
-        progress = _Progress(
-            engine, total=max(0, report.lines - len(done)), enabled=settings.progress
-        )
+        run = client.engine.new_run(max_concurrency=client.max_concurrency)
+        progress = _Progress(run, total=max(0, report.lines - len(done)), enabled=settings.progress)
         feed = _Feed(
             settings.input_path,
             done,
@@ -599,8 +596,8 @@ async def _drive(
             writer.write(result)
             progress.tick()
 
-        task = asyncio.ensure_future(engine.run(feed, sink, max_concurrency=client.max_concurrency))
-        interrupts = _Interrupts(engine, task, feed)
+        task = asyncio.ensure_future(run.drive(feed, sink))
+        interrupts = _Interrupts(run, task, feed)
         handled = (signal.SIGINT, signal.SIGTERM)
         for signum in handled:
             loop.add_signal_handler(signum, interrupts, signum)
@@ -620,7 +617,7 @@ async def _drive(
             elif exc is not None:
                 error = exc
         return _Outcome(
-            stats=engine.stats,
+            stats=run.stats,
             skipped=feed.skipped if feed.exhausted else max(feed.skipped, len(done)),
             exhausted=feed.exhausted,
             signals=interrupts.count,
@@ -628,8 +625,8 @@ async def _drive(
             abandoned=interrupts.abandoned,
             fatal=fatal,
             error=error,
-            learned_rpm=engine.governor.learned_rpm,
-            learned_tpm=engine.governor.learned_tpm,
+            learned_rpm=run.engine.governor.learned_rpm,
+            learned_tpm=run.engine.governor.learned_tpm,
         )
 
 

@@ -11,7 +11,10 @@ from .errors import ConfigurationError
 
 __all__ = ["PROFILES", "Price", "Profile", "RetryPolicy"]
 
-DEFAULT_DROPPABLE_PARAMS = frozenset({"reasoning", "temperature", "top_p", "seed"})
+#: ``reasoning_effort`` is the Chat Completions form of ``reasoning``.
+DEFAULT_DROPPABLE_PARAMS = frozenset(
+    {"reasoning", "reasoning_effort", "temperature", "top_p", "seed"}
+)
 
 
 def _require(condition: bool, message: str) -> None:

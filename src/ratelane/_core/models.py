@@ -125,7 +125,9 @@ class Result:
     objects so a million of them stay compact and cost the garbage collector
     nothing. ``attempts`` counts every HTTP attempt, including a resend
     without a dropped parameter; ``latency_s`` runs from the first send to
-    the final answer.
+    the final answer. ``request_id`` is the server's id for the last attempt,
+    read from ``x-request-id`` or, behind a gateway that sends none, from the
+    first proxy id header present; ``request_id_header`` names the header used.
     """
 
     index: int
@@ -140,6 +142,7 @@ class Result:
     usage: Usage | None = None
     dropped_params: tuple[str, ...] = ()
     path: str = "/v1/responses"
+    request_id_header: str | None = None
     _parsed: Any = field(default=_UNPARSED, init=False, repr=False, compare=False)
 
     @property

@@ -1,7 +1,12 @@
-"""What to do with an attempt's outcome, and how long to wait before the next one.
+"""Every retry decision, in one place: what an attempt's outcome means and how long to wait.
 
-Pure functions only: the engine feeds them status codes, error bodies and
-headers, and they answer with a Verdict or a number of seconds.
+The engine sends, then asks :func:`decide` (an HTTP answer) or
+:func:`decide_transport_error` (no answer) for one :class:`Decision`, and acts
+on it: hand back the Result, resend, resend without a parameter, pause the
+run, or stop it. How retries are bounded and spaced (attempts, deadline, a
+fatal stop, backoff with the server's delay as a floor, no wait after a
+dropped parameter) is the tenacity object :func:`retrying` builds. Pure
+functions only, tested table-driven; nothing here sleeps or keeps state.
 """
 
 from __future__ import annotations
@@ -12,21 +17,34 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
+
 from ratelane._core.config import RetryPolicy
+from ratelane._core.errors import RequestTimeout, TransportError
 from ratelane._core.models import ErrorInfo
+from ratelane._http.wire import request_id_of
 
 __all__ = [
+    "Decision",
     "Verdict",
     "backoff_wait",
     "classify",
+    "decide",
+    "decide_transport_error",
     "error_info_from_body",
     "param_to_drop",
     "parse_retry_after",
+    "refuse_oversized",
+    "retrying",
 ]
+
+#: How much of a body that is not JSON (a plain-text 500, an HTML 502) an error keeps.
+BODY_SNIPPET_BYTES = 300
 
 
 class Verdict(enum.Enum):
@@ -34,12 +52,14 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     #: Like RETRY, and the whole run should pause (a 429 on rate).
     RETRY_RATE_LIMITED = "retry_rate_limited"
-    #: Resend at once without the parameter the server rejected.
+    #: Resend at once without the parameter(s) the server rejected.
     DROP_PARAM = "drop_param"
     PERMANENT = "permanent"
     #: Nothing else in the run can succeed either (bad key, no quota).
     FATAL = "fatal"
 
+
+_RETRYING = frozenset({Verdict.RETRY, Verdict.RETRY_RATE_LIMITED, Verdict.DROP_PARAM})
 
 _BILLING_CODES = frozenset(
     {
@@ -57,9 +77,31 @@ _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|seconds?)\b", re.
 
 
 @dataclass(frozen=True, slots=True)
-class Judgement:
+class Decision:
+    """What one attempt produced and what to do about it.
+
+    ``delay_s``: the wait the server asked for (a floor for the backoff);
+    ``cooldown_s``: how long the whole run pauses (only for RETRY_RATE_LIMITED);
+    ``drop``: the body parameters to remove before resending (DROP_PARAM);
+    ``body``: the parsed JSON answer, ``raw`` its bytes; ``request_id`` and the
+    header it came from (``request_id_header``).
+    """
+
     verdict: Verdict
     error: ErrorInfo | None = None
+    status: int | None = None
+    body: Any = None
+    raw: bytes | None = None
+    delay_s: float | None = None
+    cooldown_s: float | None = None
+    drop: tuple[str, ...] = ()
+    request_id: str | None = None
+    request_id_header: str | None = None
+
+    @property
+    def retries(self) -> bool:
+        """Whether another attempt could succeed (retry, pause-and-retry, drop-and-resend)."""
+        return self.verdict in _RETRYING
 
 
 def error_info_from_body(status: int, body: Any) -> ErrorInfo:
@@ -83,29 +125,61 @@ def error_info_from_body(status: int, body: Any) -> ErrorInfo:
     )
 
 
+#: How servers name a rejected parameter in an error message, one rule a wording;
+#: each pattern's group 1 holds the name, or a list of quoted names.
+_PARAM_WORDINGS: tuple[re.Pattern[str], ...] = (
+    # OpenAI: "Unsupported parameter: 'seed' is not supported with this model."
+    re.compile(r"parameter: '([^'.\[]+)"),
+    # LiteLLM: "litellm.UnsupportedParamsError: gpt-5-mini doesn't support temperature=0.2..."
+    re.compile(r"(?:doesn't|does not) support (\w+)="),
+    # LiteLLM: "... openai does not support parameters: ['top_p', 'seed'], for model=..."
+    re.compile(r"(?:doesn't|does not) support parameters?: \[([^\]]*)\]"),
+)
+_PARAM_MESSAGE_STARTS = ("unsupported parameter", "unknown parameter", "unsupported value")
+_QUOTED = re.compile(r"['\"]([^'\"]+)['\"]")
+
+
+def _rejects_a_parameter(error: ErrorInfo) -> bool:
+    if error.code in _PARAM_CODES:
+        return True
+    message = error.message or ""
+    return message.lower().startswith(_PARAM_MESSAGE_STARTS) or "UnsupportedParamsError" in message
+
+
+def params_to_drop(
+    error: ErrorInfo, body: Mapping[str, Any], droppable: frozenset[str]
+) -> tuple[str, ...]:
+    """Top-level body keys to drop for a 400 that rejects droppable parameters, else ``()``.
+
+    ``param`` may be dotted (``reasoning.effort``): the top-level key is dropped.
+    Servers that leave ``param`` empty name it in the message; the wordings
+    known are in ``_PARAM_WORDINGS`` (OpenAI's and LiteLLM's).
+    """
+    if not _rejects_a_parameter(error):
+        return ()
+    candidates: list[str] = []
+    if error.param:
+        candidates.append(error.param.split(".", 1)[0].split("[", 1)[0])
+    message = error.message or ""
+    for pattern in _PARAM_WORDINGS:
+        for match in pattern.finditer(message):
+            named = match.group(1)
+            quoted = _QUOTED.findall(named)
+            candidates.extend(quoted or [named])
+    names = [
+        name.split(".", 1)[0]
+        for name in dict.fromkeys(candidates)
+        if name.split(".", 1)[0] in droppable and name.split(".", 1)[0] in body
+    ]
+    return tuple(dict.fromkeys(names))
+
+
 def param_to_drop(
     error: ErrorInfo, body: Mapping[str, Any], droppable: frozenset[str]
 ) -> str | None:
-    """Top-level body key to drop for a 400 that rejects a droppable parameter, else ``None``.
-
-    ``param`` may be dotted (``reasoning.effort``): the top-level key is dropped.
-    Some servers leave ``param`` empty and name it in the message
-    (``Unsupported parameter: 'seed'``), so that is tried too.
-    """
-    if error.code not in _PARAM_CODES and not (error.message or "").lower().startswith(
-        ("unsupported parameter", "unknown parameter", "unsupported value")
-    ):
-        return None
-    candidates = []
-    if error.param:
-        candidates.append(error.param.split(".", 1)[0].split("[", 1)[0])
-    match = re.search(r"parameter: '([^'.\[]+)", error.message or "")
-    if match:
-        candidates.append(match.group(1))
-    for name in candidates:
-        if name in droppable and name in body:
-            return name
-    return None
+    """The first of :func:`params_to_drop`, or ``None``."""
+    names = params_to_drop(error, body, droppable)
+    return names[0] if names else None
 
 
 def classify(
@@ -115,49 +189,152 @@ def classify(
     should_retry_header: str | None = None,
     request_body: Mapping[str, Any] | None = None,
     droppable: frozenset[str] = frozenset(),
-) -> Judgement:
+) -> Decision:
     """Decide what an HTTP answer means. ``body`` is the parsed JSON (or ``None``).
 
     Order: billing/quota and 401 are fatal whatever else is said; then
     ``x-should-retry``; then 2xx success (a 200 whose Response ``status`` is
     ``failed`` is judged by its error code); 408/409/5xx retry; 429 retries
     unless it is "Request too large" (permanent); a 400 rejecting a droppable
-    parameter drops it; every other 4xx is permanent.
+    parameter drops it; every other 4xx is permanent. The answer carries the
+    verdict, the error and the parameters to drop; :func:`decide` adds the rest.
     """
     if 200 <= status < 300:
         if isinstance(body, Mapping) and body.get("status") == "failed":
             failure = body.get("error")
             error = error_info_from_body(status, {"error": failure} if failure else {})
             if error.code in _BILLING_CODES:
-                return Judgement(Verdict.FATAL, error)
+                return Decision(Verdict.FATAL, error)
             retryable = error.code in _RETRYABLE_IN_BODY
-            return Judgement(Verdict.RETRY if retryable else Verdict.PERMANENT, error)
-        return Judgement(Verdict.SUCCESS)
+            return Decision(Verdict.RETRY if retryable else Verdict.PERMANENT, error)
+        return Decision(Verdict.SUCCESS)
 
     error = error_info_from_body(status, body)
     if error.code in _BILLING_CODES or error.type == "insufficient_quota":
-        return Judgement(Verdict.FATAL, error)
+        return Decision(Verdict.FATAL, error)
     if status == 401:
-        return Judgement(Verdict.FATAL, error)
+        return Decision(Verdict.FATAL, error)
     if should_retry_header is not None:
         flag = should_retry_header.strip().lower()
         if flag == "false":
-            return Judgement(Verdict.PERMANENT, error)
+            return Decision(Verdict.PERMANENT, error)
         if flag == "true":
-            return Judgement(Verdict.RETRY_RATE_LIMITED if status == 429 else Verdict.RETRY, error)
+            return Decision(Verdict.RETRY_RATE_LIMITED if status == 429 else Verdict.RETRY, error)
     if status == 429:
         if (error.message or "").startswith("Request too large"):
-            return Judgement(Verdict.PERMANENT, error)
-        return Judgement(Verdict.RETRY_RATE_LIMITED, error)
+            return Decision(Verdict.PERMANENT, error)
+        return Decision(Verdict.RETRY_RATE_LIMITED, error)
     if status in (408, 409) or status >= 500:
-        return Judgement(Verdict.RETRY, error)
-    if (
-        status == 400
-        and request_body is not None
-        and param_to_drop(error, request_body, droppable) is not None
-    ):
-        return Judgement(Verdict.DROP_PARAM, error)
-    return Judgement(Verdict.PERMANENT, error)
+        return Decision(Verdict.RETRY, error)
+    if status == 400 and request_body is not None:
+        drop = params_to_drop(error, request_body, droppable)
+        if drop:
+            return Decision(Verdict.DROP_PARAM, error, drop=drop)
+    return Decision(Verdict.PERMANENT, error)
+
+
+def decide(
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    policy: RetryPolicy,
+    request_body: Mapping[str, Any],
+) -> Decision:
+    """The one Decision for an HTTP answer: status, headers and raw body, under ``policy``.
+
+    - a 2xx with a JSON body that is not a failed Response: SUCCESS (the cheap path);
+    - a 2xx with an empty or non-JSON body (a truncated answer): RETRY;
+    - an error body that is not JSON: judged by status alone, its first
+      BODY_SNIPPET_BYTES kept in the message;
+    - otherwise :func:`classify`; then for retries the server's delay
+      (``retry-after-ms``, ``retry-after``, LiteLLM's ``llm_provider-retry-after``,
+      a 429's "try again in"): above ``policy.max_retry_after_s`` the request is
+      given up (PERMANENT); a 429 pauses the run for that delay, or
+      ``2 * initial_wait_s`` when none was given.
+    """
+    found = request_id_of(headers)
+    header, request_id = found if found is not None else (None, None)
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        if 200 <= status < 300:
+            message = f"HTTP {status} with a body that is not valid JSON (truncated?)"
+        else:
+            text = raw[:BODY_SNIPPET_BYTES].decode("utf-8", "replace")
+            message = f"HTTP {status} with a body that is not JSON: {text!r}"
+        judged = Decision(Verdict.RETRY, ErrorInfo("invalid_json", message))
+        if not 200 <= status < 300:
+            verdict = classify(status, None).verdict
+            judged = replace(judged, verdict=verdict)
+        return _with_delay(judged, status, headers, None, raw, policy, request_id, header)
+    if 200 <= status < 300:
+        if body is None:
+            error = ErrorInfo("invalid_json", f"HTTP {status} with an empty body")
+            return Decision(
+                Verdict.RETRY, error, status, None, None, None, None, (), request_id, header
+            )
+        if type(body) is not dict or body.get("status") != "failed":
+            return Decision(
+                Verdict.SUCCESS, None, status, body, raw, None, None, (), request_id, header
+            )
+    judged = classify(
+        status,
+        body,
+        should_retry_header=headers.get("x-should-retry"),
+        request_body=request_body,
+        droppable=policy.droppable_params,
+    )
+    return _with_delay(judged, status, headers, body, raw or None, policy, request_id, header)
+
+
+def _with_delay(
+    judged: Decision,
+    status: int,
+    headers: Mapping[str, str],
+    body: Any,
+    raw: bytes | None,
+    policy: RetryPolicy,
+    request_id: str | None,
+    header: str | None,
+) -> Decision:
+    verdict, error = judged.verdict, judged.error
+    delay = cooldown = None
+    if verdict is Verdict.RETRY or verdict is Verdict.RETRY_RATE_LIMITED:
+        delay = parse_retry_after(
+            headers.get("retry-after-ms"),
+            headers.get("retry-after") or headers.get("llm_provider-retry-after"),
+            error.message if error is not None and status == 429 else None,
+        )
+        if delay is not None and delay > policy.max_retry_after_s:
+            verdict, delay = Verdict.PERMANENT, None
+        elif verdict is Verdict.RETRY_RATE_LIMITED:
+            cooldown = delay if delay is not None else 2 * policy.initial_wait_s
+    if error is None:
+        error = ErrorInfo(None, f"HTTP {status}")
+    return Decision(
+        verdict, error, status, body, raw, delay, cooldown, judged.drop, request_id, header
+    )
+
+
+def decide_transport_error(exc: TransportError) -> Decision:
+    """No usable answer (refused, reset, truncated, timed out): always worth a retry."""
+    code = "timeout" if isinstance(exc, RequestTimeout) else "connection_error"
+    return Decision(Verdict.RETRY, ErrorInfo(code, str(exc)))
+
+
+def refuse_oversized(charge: int, token_limit: float | None) -> Decision | None:
+    """PERMANENT before sending when one request needs more tokens than a whole minute allows.
+
+    The server would answer "Request too large", and no wait ever helps.
+    """
+    if token_limit is None or charge <= token_limit:
+        return None
+    message = (
+        f"request needs about {charge} tokens (input estimate plus output cap), more "
+        f"than the whole tokens-per-minute limit of {token_limit:.0f}. HINT: lower "
+        "max_output_tokens or shorten the input"
+    )
+    return Decision(Verdict.PERMANENT, ErrorInfo("request_too_large", message))
 
 
 def parse_retry_after(
@@ -220,3 +397,57 @@ def backoff_wait(
     if server_delay_s is None:
         return jittered
     return max(jittered, min(server_delay_s, policy.max_retry_after_s))
+
+
+def retrying(
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    rng: random.Random,
+    stopped: Callable[[], bool],
+) -> AsyncRetrying:
+    """The tenacity loop for one request whose first Decision asked for a retry.
+
+    Stops when ``stopped()`` (the run hit a fatal error), after
+    ``policy.max_attempts`` attempts, or when the next wait would end past
+    ``policy.deadline_s`` from the first attempt. Waits :func:`backoff_wait`
+    with the server's delay as a floor, and nothing after a dropped parameter.
+    Returns the last Decision instead of raising when it gives up.
+    """
+    give_up_after = stop_after_attempt(policy.max_attempts)
+
+    def stop(state: RetryCallState) -> bool:
+        if stopped() or give_up_after(state):
+            return True
+        if policy.deadline_s is None:
+            return False
+        upcoming = state.upcoming_sleep or 0.0
+        return (state.seconds_since_start or 0.0) + upcoming > policy.deadline_s
+
+    def wait(state: RetryCallState) -> float:
+        outcome = state.outcome
+        decision = outcome.result() if outcome is not None and not outcome.failed else None
+        if decision is not None and decision.verdict is Verdict.DROP_PARAM:
+            return 0.0
+        delay = decision.delay_s if decision is not None else None
+        return backoff_wait(policy, state.attempt_number - 1, server_delay_s=delay, rng=rng)
+
+    return AsyncRetrying(
+        stop=stop,
+        wait=wait,
+        retry=retry_if_result(_wants_retry),
+        sleep=sleep,
+        retry_error_callback=_last_outcome,
+        reraise=True,
+    )
+
+
+def _wants_retry(decision: Decision) -> bool:
+    return decision.verdict in _RETRYING
+
+
+def _last_outcome(state: RetryCallState) -> Decision:
+    outcome = state.outcome
+    assert outcome is not None
+    decision: Decision = outcome.result()
+    return decision

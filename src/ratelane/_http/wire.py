@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from ratelane._core.durations import parse_duration
 
-__all__ = ["RateLimitHeaders", "auth_headers", "join_url", "mask_key", "read_rate_limit_headers"]
+__all__ = [
+    "REQUEST_ID_HEADERS",
+    "RateLimitHeaders",
+    "auth_headers",
+    "join_url",
+    "mask_key",
+    "read_rate_limit_headers",
+    "request_id_of",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -96,3 +104,32 @@ def read_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | No
         reset_requests=headers.get("x-ratelimit-reset-requests"),
         reset_tokens=headers.get("x-ratelimit-reset-tokens"),
     )
+
+
+#: Where a request id may be, best first: OpenAI's own, then what gateways and
+#: clouds send instead (LiteLLM, AWS, Azure API Management, Azure, Cloudflare).
+REQUEST_ID_HEADERS = (
+    "x-request-id",
+    "x-litellm-call-id",
+    "x-amzn-requestid",
+    "x-amz-request-id",
+    "apim-request-id",
+    "x-ms-request-id",
+    "x-correlation-id",
+    "cf-ray",
+)
+
+
+def request_id_of(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(header name, id)`` from the first of REQUEST_ID_HEADERS present, else ``None``.
+
+    OpenAI always sends ``x-request-id``, so the common case is one lookup.
+    """
+    value = headers.get("x-request-id")
+    if value:
+        return "x-request-id", value
+    for name in REQUEST_ID_HEADERS[1:]:
+        value = headers.get(name)
+        if value:
+            return name, value
+    return None

@@ -1,0 +1,369 @@
+"""One run: a fixed pool of workers draining items, with its own stats, streak and stop state.
+
+Workers pull items straight from the caller's (lazy) iterator inside one
+``asyncio.TaskGroup``: the iterator is the feeder, so at most
+``max_concurrency`` items are ever held and no queue hop costs CPU per item.
+Each worker waits for admission, sends, asks ``retry.decide`` what the answer
+means, acts on the Decision, and hands the Result to the sink. The shared
+parts (transport, governor, learned facts) belong to the Engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ratelane._core.errors import FatalError, TransportError
+from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
+from ratelane._http.wire import read_rate_limit_headers
+
+from .retry import Decision, Verdict, decide, decide_transport_error, refuse_oversized, retrying
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["EARLY_STREAK", "Item", "NotSent", "Run", "Sink"]
+
+logger = logging.getLogger("ratelane")
+
+Sink = Callable[[Result], Awaitable[None]]
+Item = tuple[int, "Request | Result"]
+
+#: With no success yet in a run, this many identical permanent errors in a row
+#: stop it (a wrong model, a proxy refusing the key): nothing has worked, so
+#: waiting for ``RetryPolicy.fatal_streak`` would only send more doomed requests.
+EARLY_STREAK = 5
+
+
+class NotSent(Exception):
+    """A request dropped before it was sent, because the run is stopping."""
+
+
+@dataclass(slots=True)
+class _State:
+    """One request across its attempts."""
+
+    index: int
+    request: Request
+    body: Mapping[str, Any]  # the caller's; copied before any parameter is removed
+    payload: bytes
+    started: float
+    charge: int = -1
+    input_estimate: int = 0
+    attempts: int = 0
+    dropped: list[str] = field(default_factory=list)
+
+
+class Run:
+    """Per-run state over a shared Engine. Make one with ``engine.new_run(max_concurrency=N)``."""
+
+    def __init__(self, engine: Engine, *, max_concurrency: int) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.engine = engine
+        self.max_concurrency = max_concurrency
+        self.stats = RunStats()
+        self.in_flight = 0
+        self._clock: Callable[[], float] = time.monotonic
+        self._streak_key: tuple[int | None, str | None] | None = None
+        self._streak = 0
+        self._fatal: tuple[str, str] | None = None
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Run max_concurrency={self.max_concurrency} in_flight={self.in_flight} "
+            f"completed={self.stats.completed} stopping={self.stopping} fatal={self._fatal!r}>"
+        )
+
+    # -- control ------------------------------------------------------------------
+    @property
+    def fatal(self) -> tuple[str, str] | None:
+        """``(reason, message)`` once the run must stop, else ``None``."""
+        return self._fatal
+
+    def stop(self) -> None:
+        """Admit nothing new; requests already sent run to completion."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping or self._fatal is not None
+
+    # -- the whole run ------------------------------------------------------------
+    async def drive(self, items: Iterator[Item] | AsyncIterator[Item], sink: Sink) -> RunStats:
+        """Drain ``items`` through the worker pool, handing each Result to ``sink``.
+
+        Items that are already a Result (invalid input) go straight to the sink
+        and count toward the error streak. Raises FatalError (with these stats)
+        after in-flight requests finish when the run must stop.
+        """
+        self._clock = asyncio.get_running_loop().time
+        started = self._clock()
+        pull: Callable[[], Awaitable[Item | None]] | None = None
+        iterator: Iterator[Item] = iter(())
+        if isinstance(items, AsyncIterator):
+            lock = asyncio.Lock()
+            source = items
+
+            async def pull_async() -> Item | None:
+                async with lock:
+                    return await anext(source, None)
+
+            pull = pull_async
+        else:
+            iterator = items
+
+        async def work() -> None:
+            while not self.stopping:
+                item = next(iterator, None) if pull is None else await pull()
+                if item is None:
+                    return
+                index, request = item
+                if isinstance(request, Result):
+                    self._account_failure(request, Verdict.PERMANENT)
+                    await sink(request)
+                    continue
+                try:
+                    result = await self.execute(index, request)
+                except NotSent:
+                    continue
+                await sink(result)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.max_concurrency):
+                    group.create_task(work())
+        except BaseExceptionGroup as failed:
+            # A sink or an iterator raised: surface the first error as itself.
+            raise failed.exceptions[0] from None
+        finally:
+            self.stats.elapsed_s = self._clock() - started
+        fatal = self._fatal
+        if fatal is not None:
+            reason, message = fatal
+            raise FatalError(f"run stopped: {message}", reason=reason, stats=self.stats)
+        return self.stats
+
+    # -- one request ----------------------------------------------------------------
+    async def execute(self, index: int, request: Request) -> Result:
+        """Send one request with retries; never raises for HTTP or transport failures.
+
+        Raises ``NotSent`` when the run stops before the request is sent.
+        """
+        self.in_flight += 1
+        try:
+            state = self._prepare(index, request)
+            if not isinstance(state.body.get("model"), str):
+                return self._invalid(
+                    index,
+                    request,
+                    "the body has no model. HINT: pass model=... or put 'model' in the body",
+                )
+            first = await self._attempt(state)
+            if not first.retries or self.engine.policy.max_attempts == 1:
+                return self._finish(state, first)
+            # Retrying machinery only for requests that need it: the happy path stays cheap.
+            replay = [first]
+
+            async def attempt_again(state: _State) -> Decision:
+                return replay.pop() if replay else await self._attempt(state)
+
+            engine = self.engine
+            again = retrying(
+                engine.policy, sleep=engine.sleep, rng=engine.rng, stopped=self._is_fatal
+            )
+            last: Decision = await again(attempt_again, state)
+            return self._finish(state, last)
+        finally:
+            self.in_flight -= 1
+
+    def _is_fatal(self) -> bool:
+        return self._fatal is not None
+
+    def _prepare(self, index: int, request: Request) -> _State:
+        body = request.body
+        dropped: list[str] = []
+        known = self.engine.known_drops(body.get("model"))
+        if known:
+            dropped = [name for name in known if name in body]
+            if dropped:
+                body = {key: value for key, value in body.items() if key not in dropped}
+        return _State(index, request, body, orjson.dumps(body), self._clock(), dropped=dropped)
+
+    def _charge(self, state: _State) -> int:
+        if state.charge < 0:
+            state.charge, state.input_estimate = self.engine.charge_of(
+                state.body, state.request.path
+            )
+        return state.charge
+
+    async def _attempt(self, state: _State) -> Decision:
+        engine = self.engine
+        governor = engine.governor
+        charge = self._charge(state)
+        refused = refuse_oversized(charge, governor.token_limit)
+        if refused is not None:
+            return refused
+        if self.stopping:
+            raise NotSent
+        admitted_at = await governor.admit(charge)
+        if self.stopping:
+            # The run ended (fatal error or stop()) while this request queued for
+            # admission: it was never sent, so it gets no Result at all.
+            raise NotSent
+        began = self._clock()
+        if not state.attempts:
+            # Latency runs from the first send, not from queueing for admission.
+            state.started = began
+        state.attempts += 1
+        try:
+            reply = await engine.transport.post(state.request.path, state.payload)
+        except TransportError as exc:
+            governor.observe(None)
+            decision = decide_transport_error(exc)
+        else:
+            headers = reply.headers
+            governor.observe(
+                read_rate_limit_headers(headers),
+                typical_tokens=engine.typical_tokens,
+                sent_at=admitted_at,
+            )
+            decision = decide(reply.status, headers, reply.raw, engine.policy, state.body)
+            if decision.verdict is not Verdict.SUCCESS:
+                self._act(state, decision)
+        self._log_attempt(state, decision, charge, self._clock() - began)
+        return decision
+
+    def _act(self, state: _State, decision: Decision) -> None:
+        """The run-wide side of a failed attempt: pause, drop a parameter, or stop."""
+        verdict = decision.verdict
+        if verdict is Verdict.RETRY_RATE_LIMITED:
+            self.stats.rate_limited += 1
+            if decision.cooldown_s is not None and self.engine.governor.cool_down(
+                decision.cooldown_s
+            ):
+                self.stats.cooldowns += 1
+        elif verdict is Verdict.DROP_PARAM:
+            names = decision.drop
+            state.body = {key: value for key, value in state.body.items() if key not in names}
+            state.dropped.extend(names)
+            state.payload = orjson.dumps(state.body)
+            state.charge = -1
+            model = str(state.body.get("model"))
+            for name in names:
+                self.engine.remember_drop(model, name)
+        elif verdict is Verdict.FATAL and self._fatal is None:
+            error = decision.error or ErrorInfo(None, f"HTTP {decision.status}")
+            self._fatal = (error.code or f"http_{decision.status}", error.message)
+
+    def _log_attempt(
+        self, state: _State, decision: Decision, charge: int, latency_s: float
+    ) -> None:
+        if not logger.isEnabledFor(logging.DEBUG):  # cached by logging: cheap per attempt
+            return
+        body = decision.body if isinstance(decision.body, Mapping) else {}
+        logger.debug(
+            "attempt custom_id=%s model=%s attempt=%d status=%s verdict=%s latency=%.3fs "
+            "tokens_charged=%d response_id=%s request_id=%s",
+            state.request.custom_id,
+            state.body.get("model"),
+            state.attempts,
+            decision.status,
+            decision.verdict.value,
+            latency_s,
+            charge,
+            body.get("id"),
+            decision.request_id,
+        )
+
+    def _finish(self, state: _State, decision: Decision) -> Result:
+        ok = decision.verdict is Verdict.SUCCESS
+        usage = Usage.from_body(decision.body) if ok else None
+        result = Result(
+            index=state.index,
+            custom_id=state.request.custom_id or f"request-{state.index}",
+            ok=ok,
+            status_code=decision.status,
+            raw_body=decision.raw,
+            error=None if ok else decision.error,
+            request_id=decision.request_id,
+            attempts=state.attempts,
+            latency_s=self._clock() - state.started,
+            usage=usage,
+            dropped_params=tuple(state.dropped),
+            path=state.request.path,
+            request_id_header=decision.request_id_header,
+        )
+        stats = self.stats
+        stats.attempts += result.attempts
+        if result.attempts > 1:
+            stats.retried += 1
+        stats.latencies_s.append(result.latency_s)
+        if ok:
+            self._account_success(state, usage)
+        else:
+            self._account_failure(result, decision.verdict)
+        return result
+
+    def _invalid(self, index: int, request: Request, message: str) -> Result:
+        result = Result(
+            index=index,
+            custom_id=request.custom_id or f"request-{index}",
+            ok=False,
+            error=ErrorInfo("invalid_request", message),
+            path=request.path,
+        )
+        self._account_failure(result, Verdict.PERMANENT)
+        return result
+
+    def _account_success(self, state: _State, usage: Usage | None) -> None:
+        stats = self.stats
+        stats.succeeded += 1
+        self._streak = 0
+        self._streak_key = None
+        if usage is None:
+            return
+        engine = self.engine
+        engine.learn_usage(usage, charged=self._charge(state), input_estimate=state.input_estimate)
+        stats.input_tokens += usage.input_tokens
+        stats.cached_tokens += usage.cached_tokens
+        stats.output_tokens += usage.output_tokens
+        stats.reasoning_tokens += usage.reasoning_tokens
+        price = engine.prices.get(str(state.body.get("model")))
+        if price is not None:
+            cost = price.cost(
+                input_tokens=usage.input_tokens,
+                cached_tokens=usage.cached_tokens,
+                output_tokens=usage.output_tokens,
+            )
+            stats.cost_usd = (stats.cost_usd or 0.0) + cost
+
+    def _account_failure(self, result: Result, verdict: Verdict) -> None:
+        """Count a failure; a streak of identical permanent ones stops the run.
+
+        The streak limit is ``fatal_streak``, or EARLY_STREAK while nothing in
+        the run has succeeded yet. Local failures (invalid items) count too.
+        """
+        self.stats.failed += 1
+        error = result.error
+        if verdict is not Verdict.PERMANENT or error is None:
+            return
+        key = (result.status_code, error.code)
+        self._streak = self._streak + 1 if key == self._streak_key else 1
+        self._streak_key = key
+        limit = self.engine.policy.fatal_streak
+        if not self.stats.succeeded:
+            limit = min(limit, EARLY_STREAK)
+        if self._streak >= limit and self._fatal is None:
+            self._fatal = (
+                "error_streak",
+                f"{self._streak} requests in a row failed the same way "
+                f"(status {result.status_code}, code {error.code}): {error.message}",
+            )
