@@ -139,8 +139,7 @@ class Client:
                 0, to_request(Request(body, None, path), 0, _NO_DEFAULTS)
             )
         except NotSent:
-            reason, message = self.engine.fatal or ("stopped", "the client was stopped")
-            raise FatalError(f"not sent: {message}", reason=reason) from None
+            raise FatalError("not sent: the client was stopped", reason="stopped") from None
         if not result.ok:
             error = result.error or ErrorInfo(None, "request failed")
             raise APIError(
@@ -167,7 +166,6 @@ class Client:
         """Yield Results as they complete (not in input order; see ``Result.index``)."""
         defaults = _defaults(model, instructions, profile, body_defaults)
         engine = self.engine
-        engine.stats = RunStats()
         queue: asyncio.Queue[Result | BaseException | None] = asyncio.Queue(
             maxsize=self.max_concurrency
         )
@@ -218,7 +216,6 @@ class Client:
         """
         defaults = _defaults(model, instructions, profile, body_defaults)
         engine = self.engine
-        engine.stats = RunStats()
         collected: dict[int, Result] = {}
         with _progress_bar(progress, items) as bar:
 
@@ -227,14 +224,14 @@ class Client:
                 bar.update(1)
 
             try:
-                await engine.run(
+                stats = await engine.run(
                     _requests(items, defaults), sink, max_concurrency=self.max_concurrency
                 )
             except FatalError as exc:
                 count = max(collected, default=-1) + 1
                 exc.results = [collected.get(index) for index in range(count)]
                 raise
-        return Results((collected[index] for index in range(len(collected))), engine.stats)
+        return Results((collected[index] for index in range(len(collected))), stats)
 
 
 _NO_DEFAULTS = BodyDefaults({})
