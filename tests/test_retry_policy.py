@@ -1,10 +1,21 @@
 import random
 
+import orjson
 import pytest
 
 from ratelane import ConfigurationError, RetryPolicy, backoff_wait
+from ratelane._core.errors import RequestTimeout, TransportError
 from ratelane._core.models import ErrorInfo
-from ratelane._engine.retry import Verdict, classify, param_to_drop, parse_retry_after
+from ratelane._engine.retry import (
+    Verdict,
+    classify,
+    decide,
+    decide_transport_error,
+    param_to_drop,
+    params_to_drop,
+    parse_retry_after,
+    refuse_oversized,
+)
 
 
 def _error(code: str | None, message: str = "m", kind: str = "invalid_request_error", param=None):
@@ -153,3 +164,216 @@ def test_server_delay_is_a_floor_and_itself_capped() -> None:
 def test_policy_rejects_unbounded_or_nonsense_values(kwargs) -> None:
     with pytest.raises(ConfigurationError):
         RetryPolicy(**kwargs)
+
+
+POLICY = RetryPolicy(initial_wait_s=0.5, max_retry_after_s=120.0)
+LITELLM_TEMPERATURE = (
+    "litellm.UnsupportedParamsError: gpt-5-mini doesn't support temperature=0.2. Only "
+    "temperature=1 is supported. To drop unsupported params set `litellm.drop_params = True`"
+)
+LITELLM_TOP_P = (
+    "litellm.UnsupportedParamsError: openai does not support parameters: ['top_p'], for "
+    "model=gpt-5-mini. To drop these, set `litellm.drop_params=True` or for proxy:"
+)
+LITELLM_TWO = "litellm.UnsupportedParamsError: x does not support parameters: ['top_p', 'seed']"
+
+
+def _raw(code: str | None, message: str = "m", kind: str = "invalid_request_error") -> bytes:
+    return orjson.dumps(_error(code, message, kind))
+
+
+# (status, headers, raw body) -> (verdict, error code, delay_s, cooldown_s, params to drop)
+@pytest.mark.parametrize(
+    ("status", "headers", "raw", "expected"),
+    [
+        pytest.param(
+            200, {}, b'{"status":"completed"}', (Verdict.SUCCESS, None, None, None, ()), id="ok"
+        ),
+        pytest.param(
+            200,
+            {},
+            b'{"status":"compl',
+            (Verdict.RETRY, "invalid_json", None, None, ()),
+            id="truncated-200",
+        ),
+        pytest.param(200, {}, b"", (Verdict.RETRY, "invalid_json", None, None, ()), id="empty-200"),
+        pytest.param(
+            500,
+            {},
+            b"Internal Server Error",
+            (Verdict.RETRY, "invalid_json", None, None, ()),
+            id="plain-text-500",
+        ),
+        pytest.param(
+            502,
+            {"retry-after": "3"},
+            b"<html>Bad gateway</html>",
+            (Verdict.RETRY, "invalid_json", 3.0, None, ()),
+            id="html-502-with-retry-after",
+        ),
+        pytest.param(
+            401,
+            {},
+            b"Unauthorized",
+            (Verdict.FATAL, "invalid_json", None, None, ()),
+            id="plain-text-401",
+        ),
+        pytest.param(
+            404,
+            {},
+            b"not found",
+            (Verdict.PERMANENT, "invalid_json", None, None, ()),
+            id="plain-text-404",
+        ),
+        pytest.param(
+            429,
+            {},
+            b"slow down",
+            (Verdict.RETRY_RATE_LIMITED, "invalid_json", None, 1.0, ()),
+            id="plain-text-429-default-pause",
+        ),
+        pytest.param(
+            429,
+            {"retry-after-ms": "250"},
+            _raw("rate_limit_exceeded", "Rate limit reached"),
+            (Verdict.RETRY_RATE_LIMITED, "rate_limit_exceeded", 0.25, 0.25, ()),
+            id="429-retry-after-ms",
+        ),
+        pytest.param(
+            429,
+            {},
+            _raw("rate_limit_exceeded", "Please try again in 644ms."),
+            (Verdict.RETRY_RATE_LIMITED, "rate_limit_exceeded", 0.644, 0.644, ()),
+            id="429-try-again-in-message",
+        ),
+        pytest.param(
+            429,
+            {"llm_provider-retry-after": "60"},
+            _raw("429", "litellm.RateLimitError: Model rate limit exceeded.", "throttling_error"),
+            (Verdict.RETRY_RATE_LIMITED, "429", 60.0, 60.0, ()),
+            id="litellm-429",
+        ),
+        pytest.param(
+            429,
+            {"retry-after": "600"},
+            _raw("rate_limit_exceeded", "Rate limit reached"),
+            (Verdict.PERMANENT, "rate_limit_exceeded", None, None, ()),
+            id="retry-after-too-long-gives-up",
+        ),
+        pytest.param(
+            503,
+            {"retry-after": "7"},
+            _raw("server_is_overloaded"),
+            (Verdict.RETRY, "server_is_overloaded", 7.0, None, ()),
+            id="503-retry-after",
+        ),
+        pytest.param(
+            400,
+            {},
+            _raw("400", LITELLM_TEMPERATURE),
+            (Verdict.DROP_PARAM, "400", None, None, ("temperature",)),
+            id="litellm-temperature",
+        ),
+        pytest.param(
+            400,
+            {},
+            _raw("400", LITELLM_TOP_P),
+            (Verdict.DROP_PARAM, "400", None, None, ("top_p",)),
+            id="litellm-top_p",
+        ),
+        pytest.param(
+            400,
+            {},
+            _raw("400", LITELLM_TWO),
+            (Verdict.DROP_PARAM, "400", None, None, ("top_p", "seed")),
+            id="litellm-two-params",
+        ),
+        pytest.param(
+            400,
+            {},
+            _raw("400", "litellm.BadRequestError: Invalid model name passed"),
+            (Verdict.PERMANENT, "400", None, None, ()),
+            id="litellm-unknown-model",
+        ),
+        pytest.param(
+            400,
+            {},
+            orjson.dumps({"type": "no_db_connection", "message": "No connected db."}),
+            (Verdict.PERMANENT, None, None, None, ()),
+            id="litellm-no-db",
+        ),
+        pytest.param(
+            401,
+            {},
+            _raw("invalid_api_key"),
+            (Verdict.FATAL, "invalid_api_key", None, None, ()),
+            id="401",
+        ),
+    ],
+)
+def test_decide_table(status: int, headers: dict[str, str], raw: bytes, expected) -> None:
+    body = {"model": "m", "input": "x", "temperature": 0.2, "top_p": 0.9, "seed": 3}
+    decision = decide(status, headers, raw, POLICY, body)
+    code = decision.error.code if decision.error else None
+    delay, pause = decision.delay_s, decision.cooldown_s
+    got = (
+        decision.verdict,
+        code,
+        None if delay is None else round(delay, 6),
+        None if pause is None else round(pause, 6),
+        decision.drop,
+    )
+    assert got == expected
+    assert decision.status == status
+    assert (decision.verdict is Verdict.SUCCESS) == (decision.error is None)
+
+
+def test_a_body_that_is_not_json_is_kept_in_the_message() -> None:
+    page = b"<html><body>" + b"upstream connect error " * 40 + b"\xff</body></html>"
+    decision = decide(502, {}, page, POLICY, {})
+    assert decision.error is not None
+    message = decision.error.message
+    assert "HTTP 502" in message and "<html><body>upstream connect error" in message
+    assert len(message) < 400  # the first ~300 bytes, not the whole page
+    plain = decide(500, {}, b"Internal Server Error", POLICY, {})
+    assert plain.error is not None and "Internal Server Error" in plain.error.message
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-request-id": "req_1", "x-litellm-call-id": "c"}, ("req_1", "x-request-id")),
+        ({"x-litellm-call-id": "abc-123"}, ("abc-123", "x-litellm-call-id")),
+        ({"x-amzn-RequestId": "amz"}, ("amz", "x-amzn-requestid")),
+        ({"apim-request-id": "apim"}, ("apim", "apim-request-id")),
+        ({"cf-ray": "8a1b-AMS"}, ("8a1b-AMS", "cf-ray")),
+        ({}, (None, None)),
+    ],
+)
+def test_request_id_falls_back_to_proxy_headers(headers, expected) -> None:
+    from multidict import CIMultiDict
+
+    decision = decide(200, CIMultiDict(headers), b"{}", POLICY, {})
+    assert (decision.request_id, decision.request_id_header) == expected
+
+
+def test_transport_errors_and_oversized_requests_get_decisions_too() -> None:
+    timeout = decide_transport_error(RequestTimeout("no answer"))
+    assert timeout.verdict is Verdict.RETRY and timeout.error is not None
+    assert timeout.error.code == "timeout"
+    reset = decide_transport_error(TransportError("reset"))
+    assert reset.error is not None and reset.error.code == "connection_error"
+    assert refuse_oversized(100, None) is None and refuse_oversized(100, 100.0) is None
+    refused = refuse_oversized(101, 100.0)
+    assert refused is not None and refused.verdict is Verdict.PERMANENT
+    assert refused.error is not None and "HINT" in refused.error.message
+
+
+def test_reasoning_effort_is_droppable_for_chat_bodies() -> None:
+    chat = {"model": "m", "messages": [], "reasoning_effort": "low"}
+    error = ErrorInfo(
+        "400",
+        "litellm.UnsupportedParamsError: m does not support "
+        "parameters: ['reasoning_effort'], for model=m.",
+    )
+    assert params_to_drop(error, chat, RetryPolicy().droppable_params) == ("reasoning_effort",)
