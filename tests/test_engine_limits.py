@@ -1,80 +1,17 @@
-"""Rate limits, cool-downs, fatal stops and secrecy, against the fake server.
+"""Fatal stops, concurrent runs and secrecy, against the fake server over real sockets.
 
-These are the few wall-clock tests: bounds are generous (the machine may be
-loaded) and each run is a few seconds at most.
+Pacing, cool-downs and discovery run on virtual time in test_engine_virtual.py;
+these loopback tests check the same engine end to end and take milliseconds.
 """
 
 import asyncio
 import logging
-import time
 
 import pytest
 
 import ratelane
 from ratelane import APIError, Client, FatalError, RetryPolicy
 from ratelane.testing import FakeOpenAI, Faults
-
-
-async def test_learns_the_request_limit_and_holds_it() -> None:
-    async with FakeOpenAI(rpm=600) as server:  # 10 requests/s, 1 s quantum
-        started = time.monotonic()
-        async with Client(api_key=server.api_key, base_url=server.base_url) as client:
-            results = await client.run_many([f"p{i}" for i in range(45)], model="m")
-            governor = client.engine.governor
-            assert governor.learned_rpm == 600
-        elapsed = time.monotonic() - started
-        limited = server.ledger.rate_limited
-    assert all(r.ok for r in results)
-    assert limited <= 1
-    # 45 requests at ~9.85/s after a half-second burst: about 4 s.
-    assert 3.0 <= elapsed <= 9.0
-
-
-async def test_adapts_when_the_server_lowers_its_limit_mid_run() -> None:
-    async with FakeOpenAI(rpm=2400) as server:  # 40/s, then 10/s
-        async with Client(api_key=server.api_key, base_url=server.base_url) as client:
-            done = 0
-            changed_at = 0.0
-            async for _ in client.iter_results([f"p{i}" for i in range(70)], model="m"):
-                done += 1
-                if done == 30:
-                    server.set_limits(rpm=600)
-                    changed_at = time.monotonic()
-            learned = client.engine.governor.learned_rpm
-        after_change = time.monotonic() - changed_at
-        limited = server.ledger.rate_limited
-    assert learned == 600
-    assert limited <= 3
-    # About 40 requests at 10/s once adapted (never at 40/s, which would be 1 s).
-    assert after_change >= 3.0
-
-
-async def test_a_429_pauses_everyone_once_instead_of_a_stampede() -> None:
-    # The client is told a far higher ceiling than the server allows, so its
-    # first burst hits 429s; they must cause one shared pause, then the
-    # learned rate, not a storm of independent retries.
-    async with FakeOpenAI(rpm=120) as server:  # 2/s, bucket of 2
-        async with Client(
-            api_key=server.api_key,
-            base_url=server.base_url,
-            rpm=6000,
-            tpm=10**9,
-            max_concurrency=10,
-        ) as client:
-            results = await client.run_many([f"p{i}" for i in range(14)], model="m")
-            stats = results.stats
-        entries = server.ledger.entries
-    assert all(r.ok for r in results)
-    first_429 = min(e.time_s for e in entries if e.status == 429)
-    burst = [e for e in entries if e.time_s - first_429 < 0.2]
-    later = [e for e in entries if e.time_s - first_429 >= 0.2]
-    assert len(burst) <= 10
-    # After the burst, arrivals are paced at the learned 2/s: few further 429s.
-    assert sum(1 for e in later if e.status == 429) <= 2
-    assert stats.cooldowns <= 3
-    assert stats.rate_limited >= 1
-    gaps = [b.time_s - a.time_s for a, b in zip(later, later[1:], strict=False)]
-    assert min(gaps, default=1.0) >= 0.3
 
 
 async def test_invalid_key_stops_the_run_after_one_request() -> None:
@@ -129,23 +66,6 @@ async def test_a_streak_of_identical_permanent_errors_is_fatal() -> None:
     assert caught.value.reason == "error_streak"
     assert "model_not_found" in str(caught.value)
     assert sent <= 10 + 4
-
-
-async def test_retry_after_from_the_server_is_honoured_by_the_cooldown() -> None:
-    async with FakeOpenAI(rpm=60) as server:  # one request per second
-        async with Client(
-            api_key=server.api_key,
-            base_url=server.base_url,
-            rpm=6000,
-            tpm=10**9,
-            max_concurrency=3,
-        ) as client:
-            results = await client.run_many(["a", "b", "c"], model="m")
-        entries = server.ledger.entries
-    assert all(r.ok for r in results)
-    admitted = sorted(e.time_s for e in entries if e.status == 200)
-    # Quantum of one request per second: the three successes are ~1 s apart.
-    assert all(b - a >= 0.8 for a, b in zip(admitted, admitted[1:], strict=False))
 
 
 async def test_the_api_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
@@ -211,19 +131,38 @@ def test_environment_supplies_key_and_base_url(monkeypatch: pytest.MonkeyPatch) 
     assert results[0].ok
 
 
-async def test_a_server_without_limit_headers_gets_its_limit_discovered_from_429s() -> None:
-    async with FakeOpenAI(rpm=600, rate_limit_headers=False) as server:
-        started = time.monotonic()
-        async with Client(
-            api_key=server.api_key, base_url=server.base_url, max_concurrency=32
-        ) as client:
-            results = await client.run_many([f"p{i}" for i in range(100)], model="m")
-            pace = client.engine.governor.requests_per_minute
-        elapsed = time.monotonic() - started
-        limited = server.ledger.rate_limited
-    assert all(r.ok for r in results)
-    assert pace is not None
-    assert 300 <= pace <= 700  # found about 600 rpm, with a margin
-    # Without discovery every cool-down reopens into a flood: several 429s per success.
-    assert limited <= 80
-    assert elapsed <= 25
+async def test_two_concurrent_run_many_on_one_client_keep_their_own_stats() -> None:
+    async with FakeOpenAI(latency=0.01) as server:
+        async with Client(api_key=server.api_key, base_url=server.base_url) as client:
+            first, second = await asyncio.gather(
+                client.run_many([f"a{i}" for i in range(30)], model="m"),
+                client.run_many([f"b{i}" for i in range(7)], model="m"),
+            )
+        sent = server.ledger.total
+    assert (first.stats.succeeded, second.stats.succeeded) == (30, 7)
+    assert (first.stats.attempts, second.stats.attempts) == (30, 7)
+    assert sent == 37
+    assert [r.output_text[-2:] for r in second] == [f"b{i}" for i in range(7)]
+
+
+async def test_prompts_without_a_model_stop_early_instead_of_failing_a_million_times() -> None:
+    pulled = 0
+
+    def prompts():
+        nonlocal pulled
+        for i in range(1_000_000):
+            pulled += 1
+            yield f"p{i}"
+
+    async with FakeOpenAI() as server:
+        with pytest.raises(FatalError) as caught:
+            await ratelane.arun_many(
+                prompts(),
+                api_key=server.api_key,
+                base_url=server.base_url,
+                max_concurrency=8,
+                progress=False,
+            )
+        sent = server.ledger.total
+    assert caught.value.reason == "error_streak"
+    assert sent == 0 and pulled <= 5 + 8
