@@ -125,8 +125,9 @@ async def test_generator_is_consumed_lazily() -> None:
             seen += 1
             if seen == 40:
                 break
-    # Workers hold at most one item each beyond those already finished.
-    assert 40 <= pulled <= 40 + 8 + 1
+    # Beyond the 40 consumed: at most 8 results waiting in iter_results' queue
+    # (when the consumer lags, as on a loaded machine) and one item per worker.
+    assert 40 <= pulled <= 40 + 8 + 8
 
 
 def test_run_many_works_inside_a_running_event_loop() -> None:
