@@ -296,3 +296,19 @@ def test_request_id_falls_back_to_the_proxy_header() -> None:
         assert (result.request_id, result.request_id_header) == ("c-1", "x-litellm-call-id")
 
     run(scenario())
+
+
+def test_a_gateway_401_with_a_numeric_code_stops_as_an_invalid_key() -> None:
+    async def scenario() -> None:
+        def litellm_401(path: str, body: dict[str, Any], n: int) -> Answer:
+            error = {"message": "Authentication Error, Invalid proxy server token", "code": "401"}
+            return Answer(401, {"error": {**error, "type": "auth_error"}})
+
+        transport = MockTransport(litellm_401)
+        engine = _engine(transport)
+        with pytest.raises(FatalError) as caught:
+            await engine.run(_items(100), Collect(), max_concurrency=8)
+        assert caught.value.reason == "invalid_api_key"
+        assert len(transport.calls) == 1  # the first request probes alone
+
+    run(scenario())

@@ -11,6 +11,7 @@ from ratelane._engine.retry import (
     classify,
     decide,
     decide_transport_error,
+    fatal_reason,
     param_to_drop,
     params_to_drop,
     parse_retry_after,
@@ -377,3 +378,22 @@ def test_reasoning_effort_is_droppable_for_chat_bodies() -> None:
         "parameters: ['reasoning_effort'], for model=m.",
     )
     assert params_to_drop(error, chat, RetryPolicy().droppable_params) == ("reasoning_effort",)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind", "reason"),
+    [
+        (401, "invalid_api_key", "invalid_request_error", "invalid_api_key"),
+        (401, "401", "auth_error", "invalid_api_key"),  # LiteLLM: the status as the code
+        (401, None, None, "invalid_api_key"),
+        (429, "insufficient_quota", "insufficient_quota", "insufficient_quota"),
+        (429, "429", "insufficient_quota", "insufficient_quota"),
+        (429, "credit_balance_exhausted", None, "credit_balance_exhausted"),
+    ],
+)
+def test_fatal_reason_is_symbolic_even_when_the_code_is_a_status(
+    status: int, code: str | None, kind: str | None, reason: str
+) -> None:
+    decision = decide(status, {}, _raw(code, "no", kind), POLICY, {})
+    assert decision.verdict is Verdict.FATAL
+    assert fatal_reason(decision) == reason

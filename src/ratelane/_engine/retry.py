@@ -37,6 +37,7 @@ __all__ = [
     "decide",
     "decide_transport_error",
     "error_info_from_body",
+    "fatal_reason",
     "param_to_drop",
     "parse_retry_after",
     "refuse_oversized",
@@ -314,6 +315,24 @@ def _with_delay(
     return Decision(
         verdict, error, status, body, raw, delay, cooldown, judged.drop, request_id, header
     )
+
+
+def fatal_reason(decision: Decision) -> str:
+    """Why a FATAL decision stops the run, as a symbolic code (``invalid_api_key``, ...).
+
+    The server's ``code`` when it is symbolic; gateways such as LiteLLM send
+    the HTTP status as the code (``"401"``), so then the reason comes from the
+    status (401: ``invalid_api_key``) or the error type (``insufficient_quota``).
+    """
+    error = decision.error
+    code = error.code if error is not None else None
+    if code and not code.isdigit():
+        return code
+    if decision.status == 401:
+        return "invalid_api_key"
+    if error is not None and error.type == "insufficient_quota":
+        return "insufficient_quota"
+    return f"http_{decision.status}"
 
 
 def decide_transport_error(exc: TransportError) -> Decision:

@@ -23,7 +23,15 @@ from ratelane._core.errors import FatalError, TransportError
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
 from ratelane._http.wire import read_rate_limit_headers
 
-from .retry import Decision, Verdict, decide, decide_transport_error, refuse_oversized, retrying
+from .retry import (
+    Decision,
+    Verdict,
+    decide,
+    decide_transport_error,
+    fatal_reason,
+    refuse_oversized,
+    retrying,
+)
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -261,7 +269,7 @@ class Run:
                 self.engine.remember_drop(model, name)
         elif verdict is Verdict.FATAL and self._fatal is None:
             error = decision.error or ErrorInfo(None, f"HTTP {decision.status}")
-            self._fatal = (error.code or f"http_{decision.status}", error.message)
+            self._fatal = (fatal_reason(decision), error.message)
 
     def _log_attempt(
         self, state: _State, decision: Decision, charge: int, latency_s: float
