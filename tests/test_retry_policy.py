@@ -397,3 +397,11 @@ def test_fatal_reason_is_symbolic_even_when_the_code_is_a_status(
     decision = decide(status, {}, _raw(code, "no", kind), POLICY, {})
     assert decision.verdict is Verdict.FATAL
     assert fatal_reason(decision) == reason
+
+
+def test_a_server_delay_past_the_cap_gives_up_and_says_how_to_wait_longer() -> None:
+    raw = _raw("rate_limit_exceeded", "Rate limit reached")
+    decision = decide(429, {"retry-after": "600"}, raw, POLICY, {})
+    assert decision.verdict is Verdict.PERMANENT and decision.error is not None
+    assert "600 s" in decision.error.message and "max_retry_after_s" in decision.error.message
+    assert decision.error.code == "rate_limit_exceeded"

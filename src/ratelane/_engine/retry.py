@@ -298,20 +298,25 @@ def _with_delay(
     request_id: str | None,
     header: str | None,
 ) -> Decision:
-    verdict, error = judged.verdict, judged.error
+    verdict = judged.verdict
+    error = judged.error or ErrorInfo(None, f"HTTP {status}")
     delay = cooldown = None
     if verdict is Verdict.RETRY or verdict is Verdict.RETRY_RATE_LIMITED:
         delay = parse_retry_after(
             headers.get("retry-after-ms"),
             headers.get("retry-after") or headers.get("llm_provider-retry-after"),
-            error.message if error is not None and status == 429 else None,
+            error.message if status == 429 else None,
         )
         if delay is not None and delay > policy.max_retry_after_s:
+            message = (
+                f"{error.message} (the server asked to wait {delay:g} s, more than "
+                f"max_retry_after_s={policy.max_retry_after_s:g}: given up. HINT: raise "
+                "RetryPolicy.max_retry_after_s to wait that long)"
+            )
+            error = replace(error, message=message)
             verdict, delay = Verdict.PERMANENT, None
         elif verdict is Verdict.RETRY_RATE_LIMITED:
             cooldown = delay if delay is not None else 2 * policy.initial_wait_s
-    if error is None:
-        error = ErrorInfo(None, f"HTTP {status}")
     return Decision(
         verdict, error, status, body, raw, delay, cooldown, judged.drop, request_id, header
     )
