@@ -182,6 +182,9 @@ class BodyFields(TypedDict, total=False):
     context_management: Any
     moderation: Any
     personality: Any
+    access_programs: Any
+    background_options: Any
+    image: Any
     messages: list[Any]
     max_completion_tokens: int
     max_tokens: int
@@ -199,5 +202,7 @@ class BodyFields(TypedDict, total=False):
     audio: Any
     web_search_options: Any
     verbosity: str
+    functions: list[Any]
+    function_call: Any
     encoding_format: str
     dimensions: int

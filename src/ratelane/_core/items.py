@@ -65,6 +65,9 @@ BODY_FIELDS: Mapping[str, frozenset[str]] = {
         "context_management",
         "moderation",
         "personality",
+        "access_programs",
+        "background_options",
+        "image",
     },
     "/v1/chat/completions": _SHARED
     | {
@@ -85,6 +88,11 @@ BODY_FIELDS: Mapping[str, frozenset[str]] = {
         "audio",
         "web_search_options",
         "verbosity",
+        "moderation",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "functions",
+        "function_call",
     },
     "/v1/embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
 }
