@@ -42,7 +42,11 @@ async def _drive(
     sink: Sink,
     max_concurrency: int,
 ) -> RunStats:
-    """Every engine call of a run, in one place."""
+    """The engine call of every run ``_api`` makes, in one place.
+
+    (``Client`` also builds the Engine and sends ``Client.create`` through
+    ``Engine.execute``.)
+    """
     engine.stats = RunStats()
     return await engine.run(requests, sink, max_concurrency=max_concurrency)
 
@@ -81,7 +85,7 @@ class _Reader:
         """Raise when the first item (and so the call) can name no model."""
         if first is _END or self.defaults.model is not None:
             return
-        if isinstance(first, str) or self._converted_without_model(first):
+        if self._converted_without_model(first):
             raise ConfigurationError(
                 "no model: neither model=, a profile, nor the first item names one, so no "
                 "request could be sent. HINT: pass model='gpt-4.1-mini' (or profile='fast'), "
