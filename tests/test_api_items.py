@@ -162,3 +162,41 @@ def test_invalid_items_raise_the_shared_messages(item: Any, message: str) -> Non
 
 def test_request_custom_id_is_a_plain_string() -> None:
     assert Request({"input": "x"}).custom_id == ""
+
+
+async def test_a_streak_of_invalid_items_stops_the_run_early() -> None:
+    pulled = 0
+
+    def junk() -> Iterator[Any]:
+        nonlocal pulled
+        for number in range(1_000_000):
+            pulled += 1
+            yield number
+
+    async with FakeOpenAI() as server:
+        with pytest.raises(ratelane.FatalError, match="5 items in a row") as raised:
+            await ratelane.arun_many(
+                junk(),
+                model="gpt-4.1-mini",
+                retry=ratelane.RetryPolicy(fatal_streak=5),
+                api_key=server.api_key,
+                base_url=server.base_url,
+            )
+        assert server.ledger.total == 0
+    assert pulled == 5
+    assert raised.value.reason == "error_streak"
+    assert raised.value.stats is not None and raised.value.stats.failed == 5
+    assert [r.custom_id for r in raised.value.results if r] == [f"request-{i}" for i in range(5)]
+
+
+async def test_valid_items_between_invalid_ones_reset_the_streak() -> None:
+    items = ["ok", 1, 2, "ok", 3, 4, "ok"]
+    async with FakeOpenAI() as server:
+        results = await ratelane.arun_many(
+            items,
+            model="gpt-4.1-mini",
+            retry=ratelane.RetryPolicy(fatal_streak=3),
+            api_key=server.api_key,
+            base_url=server.base_url,
+        )
+    assert [r.ok for r in results] == [True, False, False, True, False, False, True]

@@ -224,6 +224,7 @@ class Client:
                     options.body_defaults(),
                     sink,
                     max_concurrency=self.max_concurrency,
+                    fatal_streak=self.retry.fatal_streak,
                 )
             except BaseException as exc:  # handed to the consumer, re-raised there
                 await queue.put(exc)
@@ -272,7 +273,12 @@ class Client:
 
             try:
                 stats = await run_items(
-                    self.engine, items, defaults, sink, max_concurrency=self.max_concurrency
+                    self.engine,
+                    items,
+                    defaults,
+                    sink,
+                    max_concurrency=self.max_concurrency,
+                    fatal_streak=self.retry.fatal_streak,
                 )
             except FatalError as exc:
                 count = max(collected, default=-1) + 1

@@ -52,14 +52,24 @@ async def _drive(
 
 
 class _Reader:
-    """Converts items one at a time; keeps the failed Results of invalid ones."""
+    """Converts items one at a time; keeps the failed Results of invalid ones.
 
-    __slots__ = ("defaults", "failed", "pending")
+    ``fatal_streak`` invalid items in a row failing the same way (the
+    RetryPolicy's limit for identical permanent errors) end the reading and set
+    ``fatal``: a million junk items give that many failed Results, not a
+    million, and the pending ones stay bounded.
+    """
 
-    def __init__(self, defaults: BodyDefaults) -> None:
+    __slots__ = ("defaults", "failed", "fatal", "fatal_streak", "pending", "streak", "streak_code")
+
+    def __init__(self, defaults: BodyDefaults, fatal_streak: int) -> None:
         self.defaults = defaults
+        self.fatal_streak = fatal_streak
         self.pending: deque[Result] = deque()
         self.failed = 0
+        self.streak = 0
+        self.streak_code = ""
+        self.fatal: str | None = None
 
     def convert(self, index: int, item: Any) -> Request | None:
         try:
@@ -71,6 +81,7 @@ class _Reader:
         if self.defaults.model is None and not isinstance(request.body.get("model"), str):
             self._fail(index, request.custom_id, "invalid_request", NO_MODEL_MESSAGE, request.path)
             return None
+        self.streak = 0
         return request
 
     def _fail(
@@ -80,6 +91,12 @@ class _Reader:
         self.pending.append(
             Result(index, custom_id, ok=False, error=ErrorInfo(code, message), path=path)
         )
+        self.streak = self.streak + 1 if code == self.streak_code else 1
+        self.streak_code = code
+        if self.streak >= self.fatal_streak:
+            self.fatal = (
+                f"{self.streak} items in a row were not valid requests; the last: {message}"
+            )
 
     def check_first(self, first: Any) -> None:
         """Raise when the first item (and so the call) can name no model."""
@@ -106,6 +123,8 @@ def _iterate(items: Iterator[Any], reader: _Reader) -> Iterator[_Numbered]:
         request = convert(index, item)
         if request is not None:
             yield index, request
+        elif reader.fatal is not None:
+            return
 
 
 async def _aiterate(
@@ -116,6 +135,8 @@ async def _aiterate(
         request = reader.convert(index, item)
         if request is not None:
             yield index, request
+        elif reader.fatal is not None:
+            return
         index += 1
         item = await anext(rest, _END)
 
@@ -148,12 +169,14 @@ async def run_items(
     sink: Sink,
     *,
     max_concurrency: int,
+    fatal_streak: int,
 ) -> RunStats:
     """Send every item, handing each Result (invalid items' included) to ``sink``.
 
-    Invalid items count as failed in the returned stats (and a FatalError's).
+    Invalid items count as failed in the returned stats (and a FatalError's);
+    ``fatal_streak`` of them in a row stop the run with ``FatalError``.
     """
-    reader = _Reader(defaults)
+    reader = _Reader(defaults, fatal_streak)
     requests = await _requests(items, reader)
     pending = reader.pending
 
@@ -173,4 +196,6 @@ async def run_items(
     while pending:
         await sink(pending.popleft())
     stats.failed += reader.failed
+    if reader.fatal is not None:
+        raise FatalError(f"run stopped: {reader.fatal}", reason="error_streak", stats=stats)
     return stats
