@@ -206,7 +206,7 @@ async def test_unsupported_parameters_are_dropped_once_and_remembered(
             [f"p{i}" for i in range(40)],
             model="gpt-4.1-mini",
             reasoning={"effort": "low"},
-            seed=7,  # the Responses API has no seed: dropped too
+            extra_body={"seed": 7},  # the Responses API has no seed: dropped too
             api_key=server.api_key,
             base_url=server.base_url,
             max_concurrency=4,
@@ -272,7 +272,11 @@ async def test_backoff_waits_follow_the_seeded_policy() -> None:
     policy = RetryPolicy(initial_wait_s=0.5, max_wait_s=4.0, max_attempts=6)
     async with FakeOpenAI(faults=Faults(error_500=1.0)) as server:
         async with Client(
-            api_key=server.api_key, base_url=server.base_url, retry=policy, sleep=record, seed=99
+            api_key=server.api_key,
+            base_url=server.base_url,
+            retry=policy,
+            sleep=record,
+            jitter_seed=99,
         ) as client:
             [result] = await client.run_many(["always fails"], model="m")
     assert not result.ok and result.attempts == 6 and result.status_code == 500

@@ -8,7 +8,8 @@ Public API (everything else is private)::
     async with ratelane.Client() as client: await client.create({...})
 """
 
-from ._api.client import Client, Results, arun_many, iter_results, run_many
+from ._api.client import Client, Results
+from ._api.functions import arun_many, iter_results, run_many
 from ._core.config import PROFILES, Price, Profile, RetryPolicy
 from ._core.durations import format_duration, parse_duration
 from ._core.errors import (

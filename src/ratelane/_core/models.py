@@ -20,12 +20,13 @@ SUPPORTED_PATHS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
 class Request:
     """One request to send: a JSON body for ``path`` (relative to the API root).
 
-    ``custom_id`` is the caller's key, echoed on the result; when omitted it is
-    ``"request-<index>"`` with the item's 0-based position in the input.
+    ``custom_id`` is the caller's key, echoed on the result. Left empty, it is
+    assigned once where items are read: ``"request-<index>"`` with the item's
+    0-based position in the input. The engine only sees assigned ids.
     """
 
     body: Mapping[str, Any]
-    custom_id: str | None = None
+    custom_id: str = ""
     path: str = "/v1/responses"
     method: str = "POST"
 

@@ -26,6 +26,11 @@ from typing import Any
 
 import orjson
 
+# The line checks and their messages are shared with run_many items (one Batch-line model).
+from ratelane._core.batch_line import SHAPE_HINT as _SHAPE_HINT
+from ratelane._core.batch_line import line_problems as _line_problems
+from ratelane._core.batch_line import show as _show
+from ratelane._core.batch_line import valid_custom_id as _valid_custom_id
 from ratelane._core.errors import ConfigurationError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request
 from ratelane._core.tokens import estimate_request_tokens
@@ -49,11 +54,6 @@ _READ_BUFFER = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _INT64_SPAN = 1 << 64
 _INT64_MAX = (1 << 63) - 1
-_SHAPE_HINT = (
-    'each line must be one JSON object: {"custom_id": "...", "method": "POST", '
-    '"url": "/v1/responses", "body": {...}}'
-)
-_PATHS_TEXT = ", ".join(f'"{path}"' for path in SUPPORTED_PATHS)
 
 
 # --------------------------------------------------------------------------- reports
@@ -149,98 +149,6 @@ def _parse(raw: bytes) -> tuple[Any, str | None]:
                 "on a single line (JSON Lines)"
             )
         return None, message
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _show(value: object, limit: int = 60) -> str:
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _url_problem(url: object) -> str:
-    if url is None:
-        return f'missing "url"; add one of {_PATHS_TEXT}'
-    if not isinstance(url, str):
-        got = f"{_json_type(url)} {_show(url)}"
-        return f'"url" must be a string, got {got}; use one of {_PATHS_TEXT}'
-    shown = _show(url)
-    trimmed = url.strip().rstrip("/")
-    if not trimmed.startswith("/") and "://" not in trimmed:
-        trimmed = "/" + trimmed
-    for candidate in SUPPORTED_PATHS:
-        short = candidate[len("/v1") :]
-        if trimmed == candidate:
-            return f'"url" {shown} has extra spaces or a trailing slash; use "{candidate}"'
-        if trimmed == short:
-            return f'"url" {shown} lacks the "/v1" prefix; use "{candidate}"'
-        if "://" in trimmed and trimmed.endswith((candidate, short)):
-            return f'"url" {shown} is a full URL; give the path only: "{candidate}"'
-    return f'"url" {shown} is not supported; use one of {_PATHS_TEXT}'
-
-
-def _line_problems(obj: Any, line_number: int) -> list[str]:
-    """Everything wrong with one parsed line (empty when it is a valid request)."""
-    if not isinstance(obj, dict):
-        return [f"the line is a JSON {_json_type(obj)}, not an object; {_SHAPE_HINT}"]
-    problems: list[str] = []
-    custom_id = obj.get("custom_id")
-    if custom_id is None:
-        problems.append(
-            'missing "custom_id"; give every line a unique string, '
-            f'e.g. "custom_id": "request-{line_number}"'
-        )
-    elif not isinstance(custom_id, str):
-        problems.append(
-            f'"custom_id" must be a string, got {_json_type(custom_id)} {_show(custom_id)}; '
-            f'quote it, e.g. "custom_id": "{_show(custom_id).strip(chr(34))}"'
-        )
-    elif not custom_id:
-        problems.append(
-            f'"custom_id" is empty; give every line a unique non-empty string, '
-            f'e.g. "request-{line_number}"'
-        )
-    method = obj.get("method")
-    if method != "POST":
-        if method is None:
-            problems.append('missing "method"; add "method": "POST"')
-        elif isinstance(method, str) and method.strip().upper() == "POST":
-            problems.append(f'"method" is {_show(method)}; write exactly "POST"')
-        else:
-            problems.append(f'"method" is {_show(method)}, but only "POST" is supported')
-    url = obj.get("url")
-    if url not in SUPPORTED_PATHS:
-        problems.append(_url_problem(url))
-    body = obj.get("body")
-    if not isinstance(body, dict):
-        if body is None and "body" not in obj:
-            problems.append('missing "body"; put the endpoint\'s parameters in "body": {...}')
-        else:
-            problems.append(
-                f'"body" must be a JSON object of the endpoint\'s parameters, '
-                f"got {_json_type(body)} {_show(body)}"
-            )
-    return problems
-
-
-def _valid_custom_id(obj: Any) -> str | None:
-    if isinstance(obj, dict):
-        custom_id = obj.get("custom_id")
-        if isinstance(custom_id, str) and custom_id:
-            return custom_id
-    return None
 
 
 # --------------------------------------------------------------------------- sorting
