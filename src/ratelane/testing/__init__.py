@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._app import FAULT_HEADER
+from ._batch_options import BatchOptions
 from ._bodies import ECHO_PREFIX, REASONING_TOKENS
 from ._config import FAULT_KINDS, Faults, Latency
 from ._ledger import Ledger, LedgerEntry
@@ -36,6 +37,7 @@ __all__ = [
     "FAULT_KINDS",
     "KEEP",
     "REASONING_TOKENS",
+    "BatchOptions",
     "FakeOpenAI",
     "Faults",
     "Latency",
