@@ -108,6 +108,8 @@ class Batch:
     enqueued_tokens: int = 0
     stop: str | None = None  # "expired" or "cancelled", once asked for
     task: asyncio.Task[None] | None = None
+    #: Set with ``stop``, so a batch pacing its lines wakes at once.
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stopping(self) -> bool:
         """An expiry or a cancel was asked for (it may change while the batch awaits)."""
@@ -267,11 +269,13 @@ class Batches:
     def cancel(self, batch: Batch) -> None:
         if batch.status in ("validating", "in_progress"):
             batch.stop = "cancelled"
+            batch.stopped.set()
             batch.mark("cancelling")
 
     def expire(self, batch: Batch) -> None:
         if batch.status not in TERMINAL and batch.stop is None:
             batch.stop = "expired"
+            batch.stopped.set()
 
     async def aclose(self) -> None:
         tasks = [b.task for b in self._batches.values() if b.task is not None and not b.task.done()]
@@ -301,7 +305,7 @@ class Batches:
 
     async def _advance(self, batch: Batch) -> None:
         options = self.options
-        await asyncio.sleep(options.seconds("validating_s"))
+        await _pause(batch, options.seconds("validating_s"))
         if batch.stop is not None:
             await self._stop(batch, None, [])
             return
@@ -381,7 +385,7 @@ class Batches:
                 self._answer_one(batch, source.readline(), results)
                 if (done + 1) % step == 0:
                     wake = started + duration * (done + 1) / total
-                    await asyncio.sleep(max(0.0, wake - loop.time()))
+                    await _pause(batch, wake - loop.time())
         return []
 
     def _answer_one(self, batch: Batch, raw: bytes, results: _Results) -> None:
@@ -440,6 +444,15 @@ class Batches:
             results.close(publish=True)
         batch.enqueued_tokens = 0
         batch.mark(reason)
+
+
+async def _pause(batch: Batch, delay_s: float) -> None:
+    """Sleep ``delay_s`` (at least yield to the loop), cut short by a cancel or expiry."""
+    if delay_s <= 0:
+        await asyncio.sleep(0)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(batch.stopped.wait(), delay_s)
 
 
 def _custom_ids(source: BinaryIO, scan: Scan, indexes: list[int]) -> Iterator[str]:
