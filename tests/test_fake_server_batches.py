@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -114,13 +116,15 @@ async def test_batch_runs_through_every_status_with_moving_counts(
 ) -> None:
     lines = [line(f"r{i}") for i in range(40)]
     lines.append(line("bad", temperature=5))  # answered 400 by the real-time checks
-    async with FakeOpenAI(api_key=KEY, batches=FAST) as server:
+    # Half a second of answering in ~20 steps: polls see the counts move, even under load.
+    options = BatchOptions(validating_s=0.01, in_progress_s=0.5, finalizing_s=0.01)
+    async with FakeOpenAI(api_key=KEY, batches=options) as server:
         batch = await start(session, server, lines)
         final, seen = await wait(session, server, batch["id"])
         assert statuses(seen) == ["validating", "in_progress", "finalizing", "completed"]
         done = [b["request_counts"]["completed"] for b in seen if b["status"] == "in_progress"]
         assert done == sorted(done)
-        assert len(set(done)) > 2  # the counts moved while the batch ran
+        assert any(0 < count < 40 for count in done)  # the counts moved while the batch ran
         assert final["request_counts"] == {"total": 41, "completed": 40, "failed": 1}
         assert final["model"] == MODEL
         for stamp in ("in_progress_at", "finalizing_at", "completed_at"):
@@ -456,3 +460,31 @@ async def test_list_pages_newest_first(session: aiohttp.ClientSession) -> None:
         assert rest["has_more"] is False
         status, _ = await call(session, server, "GET", "/batches?limit=0")
         assert status == 400
+
+
+async def test_cli_server_takes_batch_options_and_shows_its_record() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ratelane", "fake-server", "--port", "0", "--api-key", KEY,
+        "--batch-time-scale", "0.02", "--batch-expire-after", "2", "--batch-token-limit", "999",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        info = orjson.loads(await asyncio.wait_for(process.stdout.readline(), 30))
+        server = SimpleNamespace(base_url=info["base_url"])
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
+            batch = await start(session, server, [line(f"r{i}") for i in range(5)])  # type: ignore[arg-type]
+            final, _ = await wait(session, server, batch["id"])  # type: ignore[arg-type]
+            assert final["status"] == "expired"
+            assert final["request_counts"] == {"total": 5, "completed": 2, "failed": 3}
+            async with session.get(info["admin_url"] + "/batches") as response:
+                record = await response.json()
+        [upload] = record["uploads"]
+        assert upload["file_id"] == final["input_file_id"]
+        assert len(upload["digest"]) == 32
+        assert [c["batch_id"] for c in record["creations"]] == [batch["id"]]
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0

@@ -32,7 +32,7 @@ from ratelane._core.tokens import estimate_request_tokens
 
 from . import _bodies
 from ._batch_routes import PREFIXES as BATCH_PREFIXES
-from ._batch_routes import BatchRoutes, stream_file
+from ._batch_routes import BatchRoutes, drain, stream_file
 from ._batches import Batches
 from ._config import FAULT_KINDS, ServerOptions
 from ._files_store import FileStore
@@ -464,7 +464,7 @@ class FakeApp:
         request_id = self._ids.request_id()
         refused = self._unauthorized(request)
         if refused is not None:
-            await request.read()
+            await drain(request)
             self._record(request, b"", 401, request_id, error_code=refused[1])
             return self._reply(401, refused[0], request_id, started)
         outcome = await self._batch_routes.dispatch(request)
@@ -500,7 +500,7 @@ class FakeApp:
 
     def _admin(self, method: str, path: str, raw: bytes, request: web.BaseRequest) -> web.Response:
         """``POST /_fake/limits``, ``GET /_fake/ledger``, ``POST /_fake/reset``; no auth."""
-        if path.startswith("/_fake/batches/"):
+        if path.startswith("/_fake/batches"):
             outcome = self._batch_routes.admin(method, path)
             if outcome is not None:
                 return _admin_json(orjson.loads(outcome.body), status=outcome.status)

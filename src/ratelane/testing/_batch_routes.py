@@ -6,7 +6,8 @@ Routes (authentication is checked by the caller, ``FakeApp``):
   ``GET /v1/files/{id}/content`` (streamed from disk), ``DELETE /v1/files/{id}``;
 - ``POST /v1/batches``, ``GET /v1/batches`` (``limit``, ``after``),
   ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``;
-- admin, no auth: ``POST /_fake/batches/{id}/expire``.
+- admin, no auth: ``GET /_fake/batches`` (every upload with its digest, every
+  creation), ``POST /_fake/batches/{id}/expire``.
 
 Request bodies are read here (an upload is streamed to disk, never held whole).
 Error bodies use the common envelope; texts the real service is not known to
@@ -15,7 +16,7 @@ send are marked in the builders below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from ._batches import TERMINAL, Batch, Batches
 from ._files_store import StoredFile, TooLarge
 from ._validate import CHAT_PATH, EMBEDDINGS_PATH, RESPONSES_PATH
 
-__all__ = ["PREFIXES", "BatchRoutes", "Outcome"]
+__all__ = ["PREFIXES", "BatchRoutes", "Outcome", "drain", "stream_file"]
 
 PREFIXES = ("/v1/files", "/v1/batches")
 _PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
@@ -102,12 +103,22 @@ class BatchRoutes:
                 return _no_batch(rest[0]) if batch is None else _ok(batch.wire())
             if len(rest) == 2 and rest[1] == "cancel" and method == "POST":
                 return _no_batch(rest[0]) if batch is None else self._cancel(batch)
-        await request.read()
+        await drain(request)
         return Outcome(404, _bodies.invalid_url(method, request.path))
 
     def admin(self, method: str, path: str) -> Outcome | None:
-        """``POST /_fake/batches/{id}/expire``: the batch expires at its next line."""
+        """``GET /_fake/batches``: the record of uploads and creations.
+
+        ``POST /_fake/batches/{id}/expire``: the batch expires at its next line.
+        """
         parts = path.strip("/").split("/")
+        if method == "GET" and len(parts) == 2:
+            return _ok(
+                {
+                    "uploads": [asdict(upload) for upload in self.batches.uploads],
+                    "creations": [asdict(creation) for creation in self.batches.creations],
+                }
+            )
         if method == "POST" and len(parts) == 4 and parts[1] == "batches" and parts[3] == "expire":
             batch = self.batches.get(parts[2])
             if batch is None:
@@ -120,7 +131,7 @@ class BatchRoutes:
 
     async def _upload(self, request: web.BaseRequest) -> Outcome:
         if not request.content_type.startswith("multipart/"):
-            await request.read()
+            await drain(request)
             return _invalid(
                 "The file upload must be multipart/form-data with 'file' and 'purpose' fields.",
                 None,
@@ -263,6 +274,12 @@ class BatchRoutes:
             return _invalid(f"Cannot cancel a batch with status '{batch.status}'.", None, None)
         self.batches.cancel(batch)
         return _ok(batch.wire())
+
+
+async def drain(request: web.BaseRequest) -> None:
+    """Read and drop a request body in chunks (a refused upload may be 200 MB)."""
+    while await request.content.readany():
+        pass
 
 
 async def stream_file(
