@@ -220,9 +220,20 @@ async def test_reasoning_only_response_has_empty_output_text(client: openai.Asyn
 
 # -- Batch API (files and batches) ----------------------------------------------
 
+from openai.types import Batch  # noqa: E402  (kept with the Batch API tests it serves)
+
+
+async def sdk_wait(sdk: openai.AsyncOpenAI, batch_id: str, status: str) -> Batch:
+    """Poll with the SDK until the batch reaches ``status``; validate what it parsed."""
+    async with asyncio.timeout(4):
+        while (batch := await sdk.batches.retrieve(batch_id)).status != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    Batch.model_validate(batch.model_dump(mode="json"))
+    return batch
+
 
 async def test_batch_api_parses_with_the_sdk(tmp_path: Path) -> None:
-    from openai.types import Batch, FileDeleted, FileObject
+    from openai.types import FileDeleted, FileObject
 
     from ratelane.testing import BatchOptions
 
@@ -258,11 +269,7 @@ async def test_batch_api_parses_with_the_sdk(tmp_path: Path) -> None:
         )
         Batch.model_validate(batch.model_dump(mode="json"))
         assert (batch.status, batch.metadata) == ("validating", {"run": "crosscheck"})
-        async with asyncio.timeout(4):
-            while batch.status != "completed":
-                await asyncio.sleep(0.01)
-                batch = await sdk.batches.retrieve(batch.id)
-        Batch.model_validate(batch.model_dump(mode="json"))
+        batch = await sdk_wait(sdk, batch.id, "completed")
         assert batch.request_counts is not None
         assert batch.request_counts.completed == 5
         assert batch.output_file_id is not None
@@ -284,8 +291,6 @@ async def test_batch_api_parses_with_the_sdk(tmp_path: Path) -> None:
 
 
 async def test_batch_cancel_and_failure_parse_with_the_sdk(tmp_path: Path) -> None:
-    from openai.types import Batch
-
     from ratelane.testing import BatchOptions
 
     source = tmp_path / "input.jsonl"
@@ -317,11 +322,7 @@ async def test_batch_cancel_and_failure_parse_with_the_sdk(tmp_path: Path) -> No
         batch = await sdk.batches.create(
             input_file_id=file.id, endpoint="/v1/responses", completion_window="24h"
         )
-        async with asyncio.timeout(4):
-            while batch.status != "failed":
-                await asyncio.sleep(0.01)
-                batch = await sdk.batches.retrieve(batch.id)
-        Batch.model_validate(batch.model_dump(mode="json"))
+        batch = await sdk_wait(sdk, batch.id, "failed")
         assert batch.errors is not None
         assert batch.errors.data is not None
         [error] = batch.errors.data
