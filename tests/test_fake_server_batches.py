@@ -488,3 +488,20 @@ async def test_cli_server_takes_batch_options_and_shows_its_record() -> None:
         process.terminate()
         await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0
+
+
+async def test_deleting_the_input_file_does_not_break_a_running_batch(
+    session: aiohttp.ClientSession,
+) -> None:
+    options = BatchOptions(validating_s=0.01, in_progress_s=60)
+    async with FakeOpenAI(api_key=KEY, batches=options) as server:
+        batch = await start(session, server, [line(f"r{i}") for i in range(40)])
+        await wait(session, server, batch["id"], until="in_progress")
+        status, _ = await call(session, server, "DELETE", f"/files/{batch['input_file_id']}")
+        assert status == 200
+        async with session.post(f"{server.url}/_fake/batches/{batch['id']}/expire") as response:
+            assert response.status == 200
+        final, _ = await wait(session, server, batch["id"])
+        assert final["status"] == "expired"
+        errors = await content(session, server, final["error_file_id"])
+        assert len(errors) == final["request_counts"]["failed"] > 0

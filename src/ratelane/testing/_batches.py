@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -306,8 +306,8 @@ class Batches:
     async def _advance(self, batch: Batch) -> None:
         options = self.options
         await _pause(batch, options.seconds("validating_s"))
-        if batch.stop is not None:
-            await self._stop(batch, None, [])
+        if batch.stopping():  # cancelled while validating: nothing was read
+            await self._stop(batch, None)
             return
         scan = await asyncio.to_thread(
             scan_input,
@@ -323,28 +323,28 @@ class Batches:
             batch.errors = scan.errors
             batch.mark("failed")
             return
-        if batch.stopping():
-            await self._stop(batch, None, [])
-            return
         batch.total = scan.lines
         batch.enqueued_tokens = scan.input_tokens
-        batch.mark("in_progress")
+        if not batch.stopping():
+            batch.mark("in_progress")
         order = list(range(scan.lines))
         if options.shuffle:
             self._random.shuffle(order)
         results = _Results(self.files, batch, self.file_id)
-        try:
-            left = await self._answer_lines(batch, scan, order, results)
-            if not batch.stopping():
-                batch.enqueued_tokens = 0
-                batch.mark("finalizing")
-                await asyncio.sleep(options.seconds("finalizing_s"))
-                results.close(publish=True)
-                batch.mark("completed")
-            else:
-                await self._stop(batch, results, left, scan)
-        finally:
-            results.close(publish=False)
+        # One handle for the whole run: deleting the input file cannot break a running batch.
+        with batch.input_file.path.open("rb") as source:
+            try:
+                left = await self._answer_lines(batch, _Lines(source, scan), order, results)
+                if not batch.stopping():
+                    batch.enqueued_tokens = 0
+                    batch.mark("finalizing")
+                    await asyncio.sleep(options.seconds("finalizing_s"))
+                    results.close(publish=True)
+                    batch.mark("completed")
+                else:
+                    await self._stop(batch, results, _Lines(source, scan), left)
+            finally:
+                results.close(publish=False)
 
     def _check_pool(self, batch: Batch, scan: Scan) -> None:
         model = scan.model
@@ -366,7 +366,7 @@ class Batches:
         )
 
     async def _answer_lines(
-        self, batch: Batch, scan: Scan, order: list[int], results: _Results
+        self, batch: Batch, lines: _Lines, order: list[int], results: _Results
     ) -> list[int]:
         """Answer lines in ``order`` until done or stopped; return the unanswered ones."""
         loop = asyncio.get_running_loop()
@@ -375,17 +375,15 @@ class Batches:
         duration = self.options.seconds("in_progress_s")
         step = max(1, min(_MAX_STEP, total // 20))
         expire_after = self.options.expire_after_lines
-        with batch.input_file.path.open("rb") as source:
-            for done, index in enumerate(order):
-                if expire_after is not None and done >= expire_after and batch.stop is None:
-                    batch.stop = "expired"
-                if batch.stop is not None:
-                    return order[done:]
-                source.seek(scan.offsets[index])
-                self._answer_one(batch, source.readline(), results)
-                if (done + 1) % step == 0:
-                    wake = started + duration * (done + 1) / total
-                    await _pause(batch, wake - loop.time())
+        for done, index in enumerate(order):
+            if expire_after is not None and done >= expire_after and batch.stop is None:
+                batch.stop = "expired"
+            if batch.stop is not None:
+                return order[done:]
+            self._answer_one(batch, lines.read(index), results)
+            if (done + 1) % step == 0:
+                wake = started + duration * (done + 1) / total
+                await _pause(batch, wake - loop.time())
         return []
 
     def _answer_one(self, batch: Batch, raw: bytes, results: _Results) -> None:
@@ -414,36 +412,42 @@ class Batches:
             batch.failed += 1
 
     async def _stop(
-        self, batch: Batch, results: _Results | None, left: list[int], scan: Scan | None = None
+        self,
+        batch: Batch,
+        results: _Results | None,
+        lines: _Lines | None = None,
+        left: list[int] | None = None,
     ) -> None:
         """Finish a batch that was expired or cancelled: the unanswered lines become errors."""
         reason = batch.stop
         assert reason is not None
         if reason == "cancelled":
             await asyncio.sleep(self.options.seconds("cancelling_s"))
-        if results is not None and scan is not None and left:
+        if results is not None:
             code, message = _STOP_ERRORS[reason]
-            with batch.input_file.path.open("rb") as source:
-                for custom_id in _custom_ids(source, scan, left):
-                    line_id, _ = self._line_ids()
-                    results.write(
-                        orjson.dumps(
-                            {
-                                "id": line_id,
-                                "custom_id": custom_id,
-                                "response": None,
-                                "error": {"code": code, "message": message},
-                            }
-                        )
-                        + b"\n",
-                        ok=False,
-                    )
-                    batch.failed += 1
-            results.close(publish=True)
-        elif results is not None:
+            for index in left if lines is not None and left else ():
+                assert lines is not None
+                line_id, _ = self._line_ids()
+                error = {"code": code, "message": message}
+                custom_id = orjson.loads(lines.read(index))["custom_id"]
+                row = {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
+                results.write(orjson.dumps(row) + b"\n", ok=False)
+                batch.failed += 1
             results.close(publish=True)
         batch.enqueued_tokens = 0
         batch.mark(reason)
+
+
+class _Lines:
+    """Random access to the request lines of a validated input file."""
+
+    def __init__(self, source: BinaryIO, scan: Scan) -> None:
+        self._source = source
+        self._offsets = scan.offsets
+
+    def read(self, index: int) -> bytes:
+        self._source.seek(self._offsets[index])
+        return self._source.readline()
 
 
 async def _pause(batch: Batch, delay_s: float) -> None:
@@ -453,9 +457,3 @@ async def _pause(batch: Batch, delay_s: float) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(batch.stopped.wait(), delay_s)
-
-
-def _custom_ids(source: BinaryIO, scan: Scan, indexes: list[int]) -> Iterator[str]:
-    for index in indexes:
-        source.seek(scan.offsets[index])
-        yield orjson.loads(source.readline())["custom_id"]
