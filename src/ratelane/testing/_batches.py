@@ -100,6 +100,8 @@ class Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     times: dict[str, int | None] = field(default_factory=dict)
+    #: Every status taken, in order (tests assert the exact progression here).
+    history: list[str] = field(default_factory=lambda: ["validating"])
     total: int = 0
     completed: int = 0
     failed: int = 0
@@ -117,6 +119,7 @@ class Batch:
 
     def mark(self, status: str) -> None:
         self.status = status
+        self.history.append(status)
         self.times[f"{status}_at"] = int(time.time())
 
     def wire(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ removed when the server closes (or, failing that, when the store is collected).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -114,8 +114,9 @@ class FileStore:
         stored = self._files.pop(file_id, None)
         if stored is None:
             return False
-        # A batch may still be reading its input: unlinking keeps open handles valid on POSIX.
-        if os.name == "posix":
+        # A running batch keeps its input open: on POSIX its handle stays valid; where an
+        # open file cannot be removed (Windows), the directory goes when the server closes.
+        with contextlib.suppress(OSError):
             stored.path.unlink(missing_ok=True)
         return True
 
