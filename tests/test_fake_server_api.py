@@ -67,6 +67,7 @@ def test_public_api_is_locked() -> None:
         "FAULT_KINDS",
         "KEEP",
         "REASONING_TOKENS",
+        "BatchOptions",
         "FakeOpenAI",
         "Faults",
         "Latency",

@@ -6,8 +6,10 @@ without validation), so a missing required field or a wrong type fails here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -214,3 +216,114 @@ async def test_reasoning_only_response_has_empty_output_text(client: openai.Asyn
     Response.model_validate(response.model_dump(mode="json"))
     assert response.status == "incomplete"
     assert response.output_text == ""
+
+
+# -- Batch API (files and batches) ----------------------------------------------
+
+from openai.types import Batch  # noqa: E402  (kept with the Batch API tests it serves)
+
+
+async def sdk_wait(sdk: openai.AsyncOpenAI, batch_id: str, status: str) -> Batch:
+    """Poll with the SDK until the batch reaches ``status``; validate what it parsed."""
+    async with asyncio.timeout(4):
+        while (batch := await sdk.batches.retrieve(batch_id)).status != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    Batch.model_validate(batch.model_dump(mode="json"))
+    return batch
+
+
+async def test_batch_api_parses_with_the_sdk(tmp_path: Path) -> None:
+    from openai.types import FileDeleted, FileObject
+
+    from ratelane.testing import BatchOptions
+
+    rows = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": "gpt-5-mini", "input": f"hi {i}"},
+        }
+        for i in range(5)
+    ]
+    source = tmp_path / "input.jsonl"
+    source.write_bytes(b"".join(json.dumps(row).encode() + b"\n" for row in rows))
+    async with (
+        FakeOpenAI(api_key=KEY, batches=BatchOptions(time_scale=0.02)) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+    ):
+        file = await sdk.files.create(file=source, purpose="batch")
+        FileObject.model_validate(file.model_dump(mode="json"))
+        assert (file.purpose, file.bytes, file.filename) == (
+            "batch",
+            source.stat().st_size,
+            "input.jsonl",
+        )
+        assert (await sdk.files.retrieve(file.id)) == file
+
+        batch = await sdk.batches.create(
+            input_file_id=file.id,
+            endpoint="/v1/responses",
+            completion_window="24h",
+            metadata={"run": "crosscheck"},
+        )
+        Batch.model_validate(batch.model_dump(mode="json"))
+        assert (batch.status, batch.metadata) == ("validating", {"run": "crosscheck"})
+        batch = await sdk_wait(sdk, batch.id, "completed")
+        assert batch.request_counts is not None
+        assert batch.request_counts.completed == 5
+        assert batch.output_file_id is not None
+
+        page = await sdk.batches.list(limit=10)
+        assert [item.id for item in page.data] == [batch.id]
+
+        output = await sdk.files.content(batch.output_file_id)
+        lines = [json.loads(raw) for raw in output.text.splitlines()]
+        assert sorted(line["custom_id"] for line in lines) == [f"r{i}" for i in range(5)]
+        for line in lines:
+            Response.model_validate(line["response"]["body"])
+
+        deleted = await sdk.files.delete(file.id)
+        FileDeleted.model_validate(deleted.model_dump(mode="json"))
+        assert deleted.deleted is True
+        with pytest.raises(openai.NotFoundError):
+            await sdk.files.retrieve(file.id)
+
+
+async def test_batch_cancel_and_failure_parse_with_the_sdk(tmp_path: Path) -> None:
+    from ratelane.testing import BatchOptions
+
+    source = tmp_path / "input.jsonl"
+    source.write_text('{"custom_id": "a", "method": "POST"\n')
+    options = BatchOptions(validating_s=0.5, in_progress_s=60, cancelling_s=0.01)
+    async with (
+        FakeOpenAI(api_key=KEY, batches=options) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+    ):
+        file = await sdk.files.create(file=source, purpose="batch")
+        batch = await sdk.batches.create(
+            input_file_id=file.id, endpoint="/v1/responses", completion_window="24h"
+        )
+        cancelled = await sdk.batches.cancel(batch.id)
+        assert cancelled.status == "cancelling"
+        Batch.model_validate(cancelled.model_dump(mode="json"))
+        with pytest.raises(openai.BadRequestError):
+            await sdk.batches.create(
+                input_file_id=file.id,
+                endpoint="/v1/responses",
+                completion_window="1h",  # type: ignore[arg-type]
+            )
+
+    async with (
+        FakeOpenAI(api_key=KEY, batches=BatchOptions(time_scale=0.01)) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+    ):
+        file = await sdk.files.create(file=source, purpose="batch")
+        batch = await sdk.batches.create(
+            input_file_id=file.id, endpoint="/v1/responses", completion_window="24h"
+        )
+        batch = await sdk_wait(sdk, batch.id, "failed")
+        assert batch.errors is not None
+        assert batch.errors.data is not None
+        [error] = batch.errors.data
+        assert (error.code, error.line) == ("invalid_json_line", 1)

@@ -7,6 +7,8 @@ TransportError / RequestTimeout, with messages that never include headers
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -17,7 +19,22 @@ from ratelane._core.errors import ConfigurationError, RequestTimeout, TransportE
 
 from .wire import auth_headers, join_url, mask_key
 
-__all__ = ["Reply", "Transport"]
+__all__ = ["Reply", "Transport", "translated_errors"]
+
+
+@contextmanager
+def translated_errors(url: str) -> Iterator[None]:
+    """Turn aiohttp's exceptions raised inside into TransportError / RequestTimeout."""
+    try:
+        yield
+    except TimeoutError:
+        raise RequestTimeout(f"no complete answer from {url} within the timeout") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise TransportError(f"cannot connect to {url}: {exc.os_error}") from None
+    except aiohttp.ClientPayloadError:
+        raise TransportError(f"connection to {url} broke while reading the answer") from None
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"{type(exc).__name__} talking to {url}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +96,13 @@ class Transport:
             await self._session.close()
             self._session = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session (auth headers set), for other endpoints' wrappers."""
+        if self._session is None:
+            raise RuntimeError("Transport used outside 'async with'")
+        return self._session
+
     def url_for(self, path: str) -> str:
         url = self._urls.get(path)
         if url is None:
@@ -90,15 +114,7 @@ class Transport:
         if session is None:
             raise RuntimeError("Transport used outside 'async with'")
         url = self.url_for(path)
-        try:
+        with translated_errors(url):
             async with session.post(url, data=payload) as response:
                 raw = await response.read()
                 return Reply(response.status, response.headers, raw)
-        except TimeoutError:
-            raise RequestTimeout(f"no complete answer from {url} within the timeout") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect to {url}: {exc.os_error}") from None
-        except aiohttp.ClientPayloadError:
-            raise TransportError(f"connection to {url} broke while reading the answer") from None
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__} talking to {url}: {exc}") from None

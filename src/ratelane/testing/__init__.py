@@ -13,6 +13,11 @@ The pytest fixture: write ``from ratelane.testing import fake_openai`` in a
 ``conftest.py``. It is loaded lazily, so importing ``ratelane.testing``
 does not import pytest (a test-only dependency) unless the fixture is asked for.
 
+The Batch API (``/v1/files``, ``/v1/batches``) runs batches in compressed
+time with the same answers as the real-time endpoints; :class:`BatchOptions`
+sets its durations, expiry and enqueued-token limits, and
+``server.batches`` records every upload and batch creation.
+
 One request header forces a fault deterministically: ``x-fake-fault:`` one of
 ``quota``, ``500``, ``502``, ``503``, ``reset``, ``stall``, ``truncated``.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._app import FAULT_HEADER
+from ._batch_options import BatchOptions
 from ._bodies import ECHO_PREFIX, REASONING_TOKENS
 from ._config import FAULT_KINDS, Faults, Latency
 from ._ledger import Ledger, LedgerEntry
@@ -36,6 +42,7 @@ __all__ = [
     "FAULT_KINDS",
     "KEEP",
     "REASONING_TOKENS",
+    "BatchOptions",
     "FakeOpenAI",
     "Faults",
     "Latency",

@@ -31,7 +31,11 @@ from aiohttp import web
 from ratelane._core.tokens import estimate_request_tokens
 
 from . import _bodies
+from ._batch_routes import PREFIXES as BATCH_PREFIXES
+from ._batch_routes import BatchRoutes, drain, stream_file
+from ._batches import Batches
 from ._config import FAULT_KINDS, ServerOptions
+from ._files_store import FileStore
 from ._ledger import Ledger, LedgerEntry
 from ._ratelimit import Admission, RateLimiter
 from ._store import ResponseStore, Stored
@@ -107,6 +111,14 @@ class FakeApp:
             CHAT_PATH: self._create,
             EMBEDDINGS_PATH: self._create,
         }
+        self.batches = Batches(
+            options.batches,
+            FileStore(),
+            self.answer_line,
+            seed=seed,
+            organization=options.organization,
+        )
+        self._batch_routes = BatchRoutes(self.batches)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -171,8 +183,10 @@ class FakeApp:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        raw = await request.read()
         path = request.path
+        if path.startswith(BATCH_PREFIXES):
+            return await self._batch_api(request, started)
+        raw = await request.read()
         method = request.method
         if method == "POST":
             route = self._model_routes.get(path)
@@ -224,16 +238,8 @@ class FakeApp:
         custom_id = _custom_id(body) if is_mapping else None
         raw_model = body.get("model") if is_mapping else None
         model = raw_model if isinstance(raw_model, str) else None
-        previous: Stored | None = None
         try:
-            validate(path, body, self.options)
-            previous_id = body.get("previous_response_id") if path == RESPONSES_PATH else None
-            if previous_id is not None:
-                previous = self.store.get(previous_id)
-                if previous is None:
-                    raise Invalid(
-                        404, _bodies.previous_not_found(previous_id), "previous_response_not_found"
-                    )
+            previous = self._check(path, body)
             fault = self._pick_fault(request)
         except Invalid as invalid:
             self._record(
@@ -329,6 +335,19 @@ class FakeApp:
         if fault == "truncated":
             payload = payload[: len(payload) // 2]
         return self._reply(200, payload, request_id, started, admission.headers)
+
+    def _check(self, path: str, body: Any) -> Stored | None:
+        """Validate a model request; return the Response it chains onto, if any."""
+        validate(path, body, self.options)
+        previous_id = body.get("previous_response_id") if path == RESPONSES_PATH else None
+        if previous_id is None:
+            return None
+        previous = self.store.get(previous_id)
+        if previous is None:
+            raise Invalid(
+                404, _bodies.previous_not_found(previous_id), "previous_response_not_found"
+            )
+        return previous
 
     def _pick_fault(self, request: web.BaseRequest) -> str | None:
         faults = self.options.faults
@@ -439,10 +458,52 @@ class FakeApp:
         self._record(request, raw, status, request_id)
         return self._reply(status, body, request_id, started)
 
+    # -- Batch API: files and batches (see _batch_routes, _batches) -------------
+
+    async def _batch_api(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+        request_id = self._ids.request_id()
+        refused = self._unauthorized(request)
+        if refused is not None:
+            await drain(request)
+            self._record(request, b"", 401, request_id, error_code=refused[1])
+            return self._reply(401, refused[0], request_id, started)
+        outcome = await self._batch_routes.dispatch(request)
+        self.ledger.record(
+            LedgerEntry(
+                self._clock(),
+                request.method,
+                request.path,
+                outcome.status,
+                request_id,
+                body_digest=outcome.digest or "",
+                error_code=outcome.error_code,
+            )
+        )
+        if outcome.file is not None:
+            headers = {**self._headers, "x-request-id": request_id}
+            return await stream_file(request, outcome.file, headers)
+        return self._reply(outcome.status, outcome.body, request_id, started)
+
+    def answer_line(self, path: str, body: Any) -> tuple[int, bytes, int]:
+        """One Batch input line: the checks and bodies of a real-time request, no limits/faults.
+
+        Returns the status, the body bytes and the output tokens of a success.
+        """
+        try:
+            previous = self._check(path, body)
+        except Invalid as invalid:
+            return invalid.status, invalid.body, 0
+        payload, output_tokens = self._succeed(path, body, previous)
+        return 200, payload, output_tokens
+
     # -- admin ---------------------------------------------------------------
 
     def _admin(self, method: str, path: str, raw: bytes, request: web.BaseRequest) -> web.Response:
         """``POST /_fake/limits``, ``GET /_fake/ledger``, ``POST /_fake/reset``; no auth."""
+        if path.startswith("/_fake/batches"):
+            outcome = self._batch_routes.admin(method, path)
+            if outcome is not None:
+                return _admin_json(orjson.loads(outcome.body), status=outcome.status)
         try:
             if method == "POST" and path == "/_fake/limits":
                 update = orjson.loads(raw or b"{}")

@@ -20,6 +20,7 @@ import orjson
 
 from ratelane._core.argtypes import non_negative_float, positive_float, probability
 
+from ._batch_options import BatchOptions
 from ._config import Faults, Latency
 from ._server import FakeOpenAI
 
@@ -67,6 +68,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed for faults, latency and ids (default 0)")
     add("--no-rate-limit-headers", dest="rate_limit_headers", action="store_false",
         help="enforce limits, send no x-ratelimit-* headers (as many servers do)")  # fmt: skip
+    # -- Batch API --
+    add("--batch-time-scale", type=non_negative_float, default=1.0, metavar="FACTOR",
+        help="scale batch phase durations (default 1: 1 s, 2 s, 0.5 s)")  # fmt: skip
+    add("--batch-expire-after", type=int, default=None, metavar="LINES",
+        help="every batch expires after answering this many lines")  # fmt: skip
+    add("--batch-token-limit", type=int, default=None, metavar="TOKENS",
+        help="enqueued-token pool per model (default unlimited)")  # fmt: skip
     parser.set_defaults(handler=run)
     return parser
 
@@ -100,6 +108,11 @@ def _server_from_args(args: argparse.Namespace) -> FakeOpenAI:
         store_limit=args.store_limit,
         rate_limit_headers=args.rate_limit_headers,
         ledger_limit=args.ledger_limit,
+        batches=BatchOptions(
+            time_scale=args.batch_time_scale,
+            expire_after_lines=args.batch_expire_after,
+            enqueued_token_limit=args.batch_token_limit,
+        ),
     )
 
 

@@ -8,6 +8,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._batch_options import BatchOptions
+
 __all__ = [
     "DEFAULT_REASONING_PREFIXES",
     "FAULT_KINDS",
@@ -173,6 +175,8 @@ class ServerOptions:
     organization: str = "org-fake"
     clock: Callable[[], float] = time.monotonic
     rate_limit_headers: bool = True
+    # -- Batch API (files and batches) --
+    batches: BatchOptions = field(default_factory=BatchOptions)
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -196,6 +200,8 @@ class ServerOptions:
                 f"embedding_dimensions must be in 1..8192, got {self.embedding_dimensions}"
             )
         object.__setattr__(self, "reasoning_prefixes", tuple(self.reasoning_prefixes))
+        if not isinstance(self.batches, BatchOptions):
+            raise TypeError(f"batches must be a BatchOptions, got {type(self.batches).__name__}")
         if self.models is not None:
             object.__setattr__(self, "models", frozenset(_as_names(self.models)))
 

@@ -14,6 +14,8 @@ from typing import Literal
 from aiohttp import web
 
 from ._app import FakeApp
+from ._batch_options import BatchOptions
+from ._batches import Batches
 from ._config import DEFAULT_REASONING_PREFIXES, Faults, Latency, ServerOptions
 from ._ledger import Ledger
 
@@ -48,7 +50,8 @@ class FakeOpenAI:
 
     Endpoints: ``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}``,
     ``POST /v1/responses/{id}/cancel``, ``POST /v1/chat/completions``,
-    ``POST /v1/embeddings``; admin (no auth): ``POST /_fake/limits``,
+    ``POST /v1/embeddings``; the Batch API (``/v1/files``, ``/v1/batches``,
+    see ``_batch_routes``); admin (no auth): ``POST /_fake/limits``,
     ``GET /_fake/ledger``, ``POST /_fake/reset``.
 
     Options (all keyword-only):
@@ -69,6 +72,8 @@ class FakeOpenAI:
     - ``organization``: named in rate-limit messages and headers.
     - ``rate_limit_headers``: ``False`` enforces the limits but sends no
       ``x-ratelimit-*`` headers, like many OpenAI-compatible servers.
+    - ``batches``: a :class:`BatchOptions` (phase durations, expiry, enqueued-token
+      limits) for the Batch API endpoints.
     - ``clock``: monotonic seconds for rate limits and ledger times
       (inject a fake clock in tests); latency always sleeps in real time.
     """
@@ -93,6 +98,7 @@ class FakeOpenAI:
         organization: str = "org-fake",
         clock: Callable[[], float] = time.monotonic,
         rate_limit_headers: bool = True,
+        batches: BatchOptions | None = None,
     ) -> None:
         self.options = ServerOptions(
             api_key=api_key,
@@ -112,6 +118,7 @@ class FakeOpenAI:
             organization=organization,
             clock=clock,
             rate_limit_headers=rate_limit_headers,
+            batches=batches if batches is not None else BatchOptions(),
         )
         self._app = FakeApp(self.options)
         self._runner: web.ServerRunner | None = None
@@ -149,6 +156,11 @@ class FakeOpenAI:
     @property
     def ledger(self) -> Ledger:
         return self._app.ledger
+
+    @property
+    def batches(self) -> Batches:
+        """The Batch API state: ``uploads`` and ``creations`` records, ``get(batch_id)``."""
+        return self._app.batches
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
@@ -196,6 +208,7 @@ class FakeOpenAI:
         self._port = None
         if runner is not None:
             await runner.cleanup()
+        await self._app.batches.aclose()
 
     async def __aenter__(self) -> FakeOpenAI:
         await self.start()
