@@ -15,6 +15,7 @@ baselines measured in the same run are what matter.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -86,6 +87,22 @@ def print_targets(results: dict[str, dict[str, Any]]) -> None:
         print_table(["target", "goal", "measured", "verdict"], rows)
 
 
+def run_one(
+    name: str, ctx: Context, *, announce: bool = False
+) -> tuple[dict[str, Any] | None, str]:
+    """Run one scenario: ``(result, "")``, or ``(None, error)`` when it raised."""
+    if announce:
+        print(f"\n== {name}", flush=True)
+    started = time.perf_counter()
+    try:
+        result = SCENARIOS[name](ctx)
+    except Exception as exc:  # a broken scenario must not hide the others
+        traceback.print_exc()
+        return None, f"{type(exc).__name__}: {exc}"
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result, ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -129,19 +146,22 @@ def main() -> int:
     results_path = args.out / "results.json"
     names = args.only or list(SCENARIOS)
     suite_started = time.perf_counter()
-    for name in names:
-        print(f"\n== {name}", flush=True)
-        started = time.perf_counter()
-        try:
-            result = SCENARIOS[name](ctx)
-        except Exception as exc:  # a broken scenario must not hide the others
-            traceback.print_exc()
-            document["errors"][name] = f"{type(exc).__name__}: {exc}"
+    if args.smoke:
+        # Nothing is measured: run the scenarios side by side (mostly waiting on timers).
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+            futures = {name: pool.submit(run_one, name, ctx) for name in names}
+        outcomes = [(name, *futures[name].result()) for name in names]
+    else:
+        outcomes = ((name, *run_one(name, ctx, announce=True)) for name in names)
+    for name, result, error in outcomes:
+        if result is None:
+            document["errors"][name] = error
         else:
-            result["seconds"] = round(time.perf_counter() - started, 1)
             # File names, relative to results.json, so the directory can move.
             result["plots"] = [Path(plot).name for plot in result["plots"]]
             document["scenarios"][name] = result
+            if args.smoke:
+                print(f"\n== {name}")
             print_scenario(result, args.out)
         document["meta"]["seconds"] = round(time.perf_counter() - suite_started, 1)
         results_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
