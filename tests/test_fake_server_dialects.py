@@ -144,6 +144,26 @@ def test_cli_limits(argv: list[str], expected: tuple[Any, Any]) -> None:
     assert (server.options.rpm, server.options.tpm) == expected
 
 
+def test_cli_gateway_flags() -> None:
+    from ratelane.testing._command import _server_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    argv = ["fake-server", "--limit-dialect", "litellm-key", "--window", "fixed-minute",
+            "--window-offset-s", "30", "--first-window-used", "--error-body", "text",
+            "--unsupported-params", "litellm",
+            "--request-id-header", "x-litellm-call-id"]  # fmt: skip
+    options = _server_from_args(parser.parse_args(argv)).options
+    assert (options.limit_dialect, options.window, options.window_offset_s) == (
+        "litellm-key",
+        "fixed-minute",
+        30.0,
+    )
+    assert options.first_window_used
+    assert (options.error_body, options.unsupported_params) == ("text", "litellm")
+    assert options.request_id_header == "x-litellm-call-id"
+
+
 def test_cli_limit_refuses_nonsense() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="unlimited"):
         limit("lots")
