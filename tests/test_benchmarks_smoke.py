@@ -73,10 +73,12 @@ def test_adaptation_waits_for_the_rate_and_the_last_429(monkeypatch: pytest.Monk
 
 def test_gateway_time_to_share(monkeypatch: pytest.MonkeyPatch) -> None:
     scenario = _bench_module(monkeypatch, "scenario_gateway")
-    # 0.1 s slots: 1 request per slot (10/s) for 3 s, then 2 per slot (20/s).
-    series = [1] * 30 + [2] * 30
-    assert scenario.time_to_share(series, 20.0) == pytest.approx(4.0)  # 18 in [3.0, 4.0)
-    assert scenario.time_to_share(series, 10.0) == pytest.approx(1.0)
+    # 0.1 s slots: 2 per slot (20/s) for 1 s, 1 per slot (10/s) for 3 s, then 20/s for 6 s.
+    series = [2] * 10 + [1] * 30 + [2] * 60
+    # The opening burst holds for 0.3 s only; 18 per window from the window [3.8, 4.8) on.
+    assert scenario.time_to_share(series, 20.0, hold_s=5.0) == pytest.approx(3.8)
+    assert scenario.time_to_share(series, 20.0, hold_s=1.0) == pytest.approx(0.0)
+    assert scenario.time_to_share(series, 10.0, hold_s=5.0) == pytest.approx(0.0)
     assert scenario.time_to_share([1] * 30, 20.0) is None
 
 
