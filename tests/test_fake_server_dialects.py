@@ -233,6 +233,8 @@ async def test_first_window_used_answers_only_429_until_it_turns(
         assert statuses == [200] * 20
         _, _, headers = await post(session, server)
         assert not rate_headers(headers)
+        server.set_limits(tpm=1_000_000)  # a later limit does not start used up
+        assert (await post(session, server))[0] == 200
 
 
 async def test_plain_text_error_bodies(session: aiohttp.ClientSession) -> None:

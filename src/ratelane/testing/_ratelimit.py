@@ -238,6 +238,7 @@ class RateLimiter:
         self._requests: Meter | None = None
         self._tokens: Meter | None = None
         self.set_limits(rpm=rpm, tpm=tpm)
+        self._used_up = False  # only the first minute starts used up, not a later limit
 
     def __repr__(self) -> str:
         return f"RateLimiter(requests={self._requests!r}, tokens={self._tokens!r})"
