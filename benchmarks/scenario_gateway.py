@@ -132,10 +132,10 @@ def _measure(
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    requests = ctx.pick(200, 600, smoke=20)
+    requests = ctx.pick(120, 600, smoke=20)
     rpm = ctx.pick(RPM, RPM, smoke=6_000)
     turn_in_s = ctx.pick(5.0, 10.0, smoke=0.3)
-    cap_s = ctx.pick(60.0, 480.0, smoke=1.5)
+    cap_s = ctx.pick(30.0, 480.0, smoke=1.5)
     figures: dict[str, Any] = {"rpm": rpm, "requests": requests, "cap_s": cap_s}
     rows = []
     for case, label in CASES.items():
