@@ -10,10 +10,17 @@ The suite runs three kinds of process, never sharing an event loop:
 
 Where ``os.sched_setaffinity`` exists and two CPUs are available, servers run
 on the first CPU and the orchestrator plus its clients on the second.
+
+The smoke level (``run_all.py --smoke``, for the test suite) proves the
+scripts run, not how fast: :func:`use_one_process` makes every server a
+:class:`~ratelane.testing.FakeOpenAI` in a thread of the orchestrator and every
+client a thread with its own event loop, so the suite pays one interpreter
+start instead of dozens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -36,6 +43,34 @@ CLIENT_SCRIPT = BENCH_DIR / "_client.py"
 API_KEY = "sk-bench-0123456789"
 MODEL = "gpt-4.1-mini"
 SERVER_START_TIMEOUT_S = 30.0
+
+# Set by use_one_process(): servers and clients run in this process (smoke level).
+_IN_PROCESS = False
+
+
+def use_one_process() -> None:
+    """Run servers and clients inside this process from now on (the smoke level)."""
+    global _IN_PROCESS
+    _IN_PROCESS = True
+
+
+def server_command_args(options: dict[str, Any]) -> list[str]:
+    """``fake-server`` flags for ``options``: ``{"rpm": 600, "first_window_used": True}``.
+
+    ``True`` is a bare flag, ``False`` and ``None`` are left out. A server given
+    neither ``rpm`` nor ``tpm`` is unlimited (``--unlimited``), not the fake's
+    default tier-5 account, so the unlimited scenarios measure the client alone.
+    """
+    args = ["--port", "0", "--api-key", API_KEY, "--ledger-limit", "0"]
+    if "rpm" not in options and "tpm" not in options:
+        args.append("--unlimited")
+    for name, value in options.items():
+        flag = f"--{name.replace('_', '-')}"
+        if value is True:
+            args.append(flag)
+        elif value is not False and value is not None:
+            args += [flag, str(value)]
+    return args
 
 
 # -- placement ----------------------------------------------------------------
@@ -149,10 +184,10 @@ class FakeServer:
         self.info: dict[str, Any] = {}
 
     def __enter__(self) -> FakeServer:
-        command = [sys.executable, "-m", "ratelane", "fake-server", "--port", "0",
-                   "--api-key", API_KEY, "--ledger-limit", "0"]  # fmt: skip
-        for name, value in self.options.items():
-            command += [f"--{name.replace('_', '-')}", str(value)]
+        if _IN_PROCESS:
+            return self._start_in_thread()
+        command = [sys.executable, "-m", "ratelane", "fake-server"]
+        command += server_command_args(self.options)
         process = subprocess.Popen(command, stdout=subprocess.PIPE)
         self.process = process
         if self.placement.server_cpu is not None:
@@ -169,10 +204,31 @@ class FakeServer:
         self.info = json.loads(lines[0])
         return self
 
+    def _start_in_thread(self) -> FakeServer:
+        import argparse
+
+        from ratelane.testing._command import _server_from_args, add_parser
+
+        parser = argparse.ArgumentParser()
+        add_parser(parser.add_subparsers())
+        args = parser.parse_args(["fake-server", *server_command_args(self.options)])
+        self._thread_server = _server_from_args(args).start_in_thread()
+        server = self._thread_server
+        self.info = {
+            "base_url": server.base_url,
+            "api_key": server.api_key,
+            "admin_url": f"{server.url}/_fake",
+            "pid": os.getpid(),
+        }
+        return self
+
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def stop(self) -> None:
+        thread_server = getattr(self, "_thread_server", None)
+        if thread_server is not None:
+            thread_server.stop()
         process = self.process
         if process is None or process.poll() is not None:
             return
@@ -211,6 +267,8 @@ class FakeServer:
         self._admin("POST", "/reset", {})
 
     def cpu_s(self) -> float | None:
+        if _IN_PROCESS:
+            return cpu_s()
         return None if self.process is None else process_cpu_s(self.process.pid)
 
 
@@ -275,8 +333,62 @@ class LedgerPoller:
 # -- clients ----------------------------------------------------------------------
 
 
+class InProcessClient:
+    """A client run in a thread of this process with its own event loop (smoke level).
+
+    Quacks like the ``Popen`` that :func:`start_client` returns, as far as
+    :func:`finish_client` and ``terminate()`` go.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import _client
+
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[dict[str, Any]] | None = None
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        started = threading.Event()
+
+        def body() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+
+                async def main() -> dict[str, Any]:
+                    return await _client.run_spec_async(spec)
+
+                self._task = self._loop.create_task(main())
+                started.set()
+                self.result = self._loop.run_until_complete(self._task)
+            except BaseException as exc:  # reported by finish()
+                self.error = exc
+            finally:
+                started.set()
+                self._loop.close()
+
+        self._thread = threading.Thread(target=body, name="bench-client", daemon=True)
+        self._thread.start()
+        started.wait()
+
+    def terminate(self) -> None:
+        task = self._task
+        if task is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(task.cancel)
+
+    def finish(self, timeout_s: float) -> dict[str, Any]:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self.terminate()
+            raise subprocess.TimeoutExpired("in-process client", timeout_s)
+        if self.error is not None or self.result is None:
+            raise RuntimeError(f"client failed: {self.error!r}") from self.error
+        return self.result
+
+
 def run_client(spec: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
     """Run ``_client.py`` with ``spec`` in a fresh interpreter; return its JSON result."""
+    if _IN_PROCESS:
+        return InProcessClient(spec).finish(timeout_s)
     completed = subprocess.run(
         [sys.executable, str(CLIENT_SCRIPT), json.dumps(spec)],
         capture_output=True,
@@ -293,8 +405,10 @@ def run_client(spec: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
     return result
 
 
-def start_client(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
+def start_client(spec: dict[str, Any]) -> subprocess.Popen[bytes] | InProcessClient:
     """Start ``_client.py`` without waiting; read it with :func:`finish_client`."""
+    if _IN_PROCESS:
+        return InProcessClient(spec)
     return subprocess.Popen(
         [sys.executable, str(CLIENT_SCRIPT), json.dumps(spec)],
         stdout=subprocess.PIPE,
@@ -302,7 +416,11 @@ def start_client(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
     )
 
 
-def finish_client(process: subprocess.Popen[bytes], *, timeout_s: float) -> dict[str, Any]:
+def finish_client(
+    process: subprocess.Popen[bytes] | InProcessClient, *, timeout_s: float
+) -> dict[str, Any]:
+    if isinstance(process, InProcessClient):
+        return process.finish(timeout_s)
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -409,18 +527,29 @@ def windows(
 # -- scenarios ------------------------------------------------------------------------
 
 
+_UNSET: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What every scenario gets: the mode, where to write, and the CPU placement."""
+    """What every scenario gets: the size level, where to write, and the CPU placement.
+
+    ``quick`` is true at the ``"quick"`` and ``"smoke"`` levels; ``smoke`` only
+    at the smallest, which proves the scenarios run (see :func:`use_one_process`).
+    """
 
     quick: bool
     out_dir: Path
     placement: Placement
+    smoke: bool = False
 
     def log(self, message: str) -> None:
         print(f"  .. {message}", flush=True)
 
-    def pick(self, quick: Any, full: Any) -> Any:
+    def pick(self, quick: Any, full: Any, smoke: Any = _UNSET) -> Any:
+        """The value for this level; the smoke level falls back to ``quick``."""
+        if self.smoke and smoke is not _UNSET:
+            return smoke
         return quick if self.quick else full
 
 
@@ -454,6 +583,8 @@ def report(
 
 def cli_help() -> str | None:
     """``ratelane run --help`` text, or ``None`` when the ``run`` command does not exist."""
+    if _IN_PROCESS:
+        return _cli_help_in_process()
     completed = subprocess.run(
         [sys.executable, "-m", "ratelane", "run", "--help"],
         capture_output=True,
@@ -461,6 +592,19 @@ def cli_help() -> str | None:
         check=False,
     )
     return completed.stdout.decode() if completed.returncode == 0 else None
+
+
+def _cli_help_in_process() -> str | None:
+    """The same text from the CLI's parser, without starting an interpreter."""
+    import argparse
+
+    from ratelane._cli.main import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            command = action.choices.get("run")
+            return None if command is None else str(command.format_help())
+    return None
 
 
 def cli_args(help_text: str, concurrency: int) -> list[str]:
@@ -475,6 +619,8 @@ def cli_args(help_text: str, concurrency: int) -> list[str]:
 
 def cli_startup_cpu_s() -> float:
     """CPU seconds of ``python -m ratelane run --help``: the start-up a CLI run pays."""
+    if _IN_PROCESS:
+        return 0.0  # the smoke level measures nothing; skip one interpreter start
     before = children_cpu_s()
     subprocess.run(
         [sys.executable, "-m", "ratelane", "run", "--help"],

@@ -92,8 +92,8 @@ def _measure(ctx: Context, variant: str, requests: int, latency_s: float) -> dic
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    requests = ctx.pick(1_000, 10_000)
-    latency_s = ctx.pick(2.0, 5.0)
+    requests = ctx.pick(1_000, 10_000, smoke=30)
+    latency_s = ctx.pick(2.0, 5.0, smoke=0.1)
     # The server (started from here) and the client each hold one socket per request.
     notes = [f"orchestrator/server: {raise_open_files(requests + 256)}"]
     variants = ctx.pick(["ratelane"], ["ratelane", "raw"])

@@ -17,10 +17,14 @@ FAULTS = {"fail_rate": 0.05, "fail_503_rate": 0.05, "reset_rate": 0.02, "stall_r
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    requests = ctx.pick(300, 4_000)
-    timeout_s = ctx.pick(1.0, 2.0)
-    stall_s = ctx.pick(2.0, 5.0)
-    base = {"latency": LATENCY_S, "latency_sigma": SIGMA, "seed": 7}
+    requests = ctx.pick(300, 4_000, smoke=40)
+    timeout_s = ctx.pick(1.0, 2.0, smoke=0.3)
+    stall_s = ctx.pick(2.0, 5.0, smoke=0.5)
+    base = {
+        "latency": ctx.pick(LATENCY_S, LATENCY_S, smoke=0.02),
+        "latency_sigma": SIGMA,
+        "seed": 7,
+    }
     faulty = {**base, **FAULTS, "stall_s": stall_s, "stall_then": "drop"}
     outcomes: dict[str, dict[str, Any]] = {}
     for label, options in (("clean", base), ("faulty", faulty)):

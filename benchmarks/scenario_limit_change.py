@@ -92,11 +92,16 @@ def rejected_between(poller: LedgerPoller, first_s: float, start: float, end: fl
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    phase_s = ctx.pick(3.0, 20.0)
+    phase_s = ctx.pick(3.0, 20.0, smoke=0.5)
     rpm = ctx.pick(6_000, RPM)
     # Enough requests to outlast the three phases; the client is stopped after them.
     requests = math.ceil((rpm / 60 * phase_s * 2 + rpm / 120 * phase_s) * 1.15)
-    options = {"rpm": rpm, "latency": LATENCY_S, "latency_sigma": SIGMA, "seed": 4}
+    options = {
+        "rpm": rpm,
+        "latency": ctx.pick(LATENCY_S, LATENCY_S, smoke=0.05),
+        "latency_sigma": SIGMA,
+        "seed": 4,
+    }
     changes: list[tuple[str, float, float]] = []
     with FakeServer(ctx.placement, **options) as server:
         with LedgerPoller(server, interval_s=0.1, limit_s=phase_s * 3 + 120) as poller:

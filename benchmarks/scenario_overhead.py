@@ -36,9 +36,9 @@ LABELS = {
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    requests = ctx.pick(1_500, 20_000)
+    requests = ctx.pick(1_500, 20_000, smoke=150)
     rounds = ctx.pick(1, 3)
-    warmup = ctx.pick(100, 1_000)
+    warmup = ctx.pick(100, 1_000, smoke=10)
     help_text = cli_help()
     variants = ["raw", "ratelane", "sdk"] + (["cli"] if help_text is not None else [])
     if not ctx.quick:

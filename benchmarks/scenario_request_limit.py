@@ -34,9 +34,10 @@ LABELS = {"ratelane": "ratelane run_many", "sdk": "openai SDK + Semaphore"}
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    requests = ctx.pick(400, 1_500)
+    requests = ctx.pick(400, 1_500, smoke=40)
     rpm = ctx.pick(6_000, RPM)
-    server = {"rpm": rpm, "latency": LATENCY_S, "latency_sigma": SIGMA, "seed": 2}
+    latency_s = ctx.pick(LATENCY_S, LATENCY_S, smoke=0.05)
+    server = {"rpm": rpm, "latency": latency_s, "latency_sigma": SIGMA, "seed": 2}
     figures: dict[str, Any] = {"rpm": rpm, "requests": requests}
     series_by_variant: dict[str, list[int]] = {}
     rows = []

@@ -37,9 +37,10 @@ def steady_tokens_per_minute(run_: LimitedRun) -> tuple[float, float, float, boo
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    requests = ctx.pick(140, 800)
+    requests = ctx.pick(140, 800, smoke=20)
     tpm = ctx.pick(2_000_000, TPM)
-    server = {"tpm": tpm, "latency": LATENCY_S, "latency_sigma": SIGMA, "seed": 3}
+    latency_s = ctx.pick(LATENCY_S, LATENCY_S, smoke=0.05)
+    server = {"tpm": tpm, "latency": latency_s, "latency_sigma": SIGMA, "seed": 3}
     figures: dict[str, Any] = {"tpm": tpm, "requests": requests}
     rows = []
     lines: dict[str, tuple[list[float], list[float]]] = {}

@@ -1,8 +1,11 @@
-"""The benchmark suite never rots: its quick mode runs end to end, and the
-functions that turn server ledgers into figures are checked on known inputs.
+"""The benchmark suite never rots: its smoke level runs every scenario end to end,
+and the functions that turn server ledgers into figures are checked on known inputs.
 
-The smoke run asserts correctness (every scenario ran, nothing failed, figures
-are sane), never tight performance: it must pass on a loaded 2-core machine.
+The smoke level (``run_all.py --smoke``) runs tiny sizes with servers and
+clients as threads of one process, so it proves the scripts run (every
+scenario, every client variant, the plots when matplotlib is there) in
+seconds; its figures mean nothing, so only their shape and the outcomes are
+checked, never performance. ``--quick`` and the full run are for people.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ SCENARIOS = (
     "fanout",
     "huge_file",
     "faults",
+    "gateway",
 )
 
 
@@ -67,6 +71,25 @@ def test_adaptation_waits_for_the_rate_and_the_last_429(monkeypatch: pytest.Monk
     assert scenario.adaptation_s(admitted, [0] * 1500, 5.0, 15.0, 3000) is None
 
 
+def test_gateway_time_to_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario = _bench_module(monkeypatch, "scenario_gateway")
+    # 0.1 s slots: 2 per slot (20/s) for 1 s, 1 per slot (10/s) for 3 s, then 20/s for 6 s.
+    series = [2] * 10 + [1] * 30 + [2] * 60
+    # The opening burst holds for 0.3 s only; 18 per window from the window [3.8, 4.8) on.
+    assert scenario.time_to_share(series, 20.0, hold_s=5.0) == pytest.approx(3.8)
+    assert scenario.time_to_share(series, 20.0, hold_s=1.0) == pytest.approx(0.0)
+    assert scenario.time_to_share(series, 10.0, hold_s=5.0) == pytest.approx(0.0)
+    assert scenario.time_to_share([1] * 30, 20.0) is None
+
+
+def test_server_flags_default_to_unlimited(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _bench_module(monkeypatch, "_bench")
+    assert "--unlimited" in bench.server_command_args({"latency": 0.5})
+    flags = bench.server_command_args({"rpm": 600, "first_window_used": True, "x": False})
+    assert "--unlimited" not in flags
+    assert flags[-3:] == ["--rpm", "600", "--first-window-used"]
+
+
 def test_fanout_timeline(monkeypatch: pytest.MonkeyPatch) -> None:
     scenario = _bench_module(monkeypatch, "scenario_fanout")
     # A probe at 0 s answered at 1 s, then 99 requests over 0.05 s, each taking 1 s.
@@ -77,18 +100,18 @@ def test_fanout_timeline(monkeypatch: pytest.MonkeyPatch) -> None:
     assert timeline["max_in_flight"] == 99
 
 
-# -- the quick suite, end to end ------------------------------------------------------
+# -- the smoke level, end to end ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, float]:
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, float]:
     out = tmp_path_factory.mktemp("bench")
     started = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(BENCH / "run_all.py"), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=110,
         check=False,
     )
     seconds = time.perf_counter() - started
@@ -98,53 +121,51 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
     return results, out, seconds
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_quick_suite_runs_every_scenario(quick_results: tuple[dict[str, Any], Path, float]) -> None:
-    results, out, seconds = quick_results
+def test_smoke_suite_runs_every_scenario(smoke_results: tuple[dict[str, Any], Path, float]) -> None:
+    results, out, seconds = smoke_results
     assert results["errors"] == {}
     assert set(results["scenarios"]) == set(SCENARIOS)
-    assert results["meta"]["mode"] == "quick"
+    assert results["meta"]["mode"] == "smoke"
     for scenario in results["scenarios"].values():
         for row in scenario["targets"]:
             assert row["met"] in (True, False, None)
             assert row["measured"]
         for plot in scenario["plots"]:
             assert (out / plot).is_file()
-    print(f"quick benchmark suite: {seconds:.1f} s")
+    print(f"smoke benchmark suite: {seconds:.1f} s")
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_quick_suite_figures_are_sane(quick_results: tuple[dict[str, Any], Path, float]) -> None:
-    scenarios = quick_results[0]["scenarios"]
+def test_smoke_suite_outcomes(smoke_results: tuple[dict[str, Any], Path, float]) -> None:
+    scenarios = smoke_results[0]["scenarios"]
 
     variants = scenarios["overhead"]["figures"]["variants"]
-    for name in ("raw", "ratelane", "sdk"):
+    for name in ("raw", "ratelane", "sdk", "cli"):
         assert variants[name]["failed"] == 0
         assert variants[name]["cpu_us_per_request"] > 0
-    # Loose: the ordering, not the targets (those are for the full run to judge).
-    assert variants["ratelane"]["cpu_us_per_request"] < variants["sdk"]["cpu_us_per_request"]
-    assert variants["ratelane"]["ratio_vs_raw"] < 5
 
     for name in ("request_limit", "token_limit"):
-        ours = scenarios[name]["figures"]["ratelane"]
-        assert ours["failed"] == 0
-        assert 0.5 < ours["achieved_fraction"] < 1.1
-        assert ours["rate_limited_fraction"] < 0.2
-        assert scenarios[name]["figures"]["sdk"]["server_requests"] > 0
+        for variant in ("ratelane", "sdk"):
+            assert scenarios[name]["figures"][variant]["server_requests"] > 0
+        assert scenarios[name]["figures"]["ratelane"]["failed"] == 0
 
     change = scenarios["limit_change"]["figures"]
-    assert change["first_phase_fraction"] > 0.5
     assert change["down"]["change_at_s"] < change["up"]["change_at_s"]
 
     fanout = scenarios["fanout"]["figures"]
     assert fanout["ratelane"]["failed"] == 0
-    # Loose: a loaded machine may accept some connections late (listen backlog).
-    assert fanout["ratelane"]["max_in_flight"] >= 0.9 * fanout["requests"]
-    assert fanout["ratelane"]["kb_per_inflight_request"] > 0
+    assert (
+        fanout["ratelane"]["kb_per_inflight_request"]
+        == fanout["ratelane"]["kb_per_inflight_request"]
+    )  # a number, not NaN
 
     faults = scenarios["faults"]["figures"]
     assert faults["clean"]["completion"] == 1.0
-    assert faults["faulty"]["completion"] >= 0.99
-    assert faults["faulty"]["attempts_per_request"] > 1.0
+    assert faults["faulty"]["attempts_per_request"] >= 1.0
+
+    gateway = scenarios["gateway"]["figures"]
+    for case in ("litellm_key", "unannounced", "used_window"):
+        assert (
+            gateway[case]["server_requests"] >= gateway["requests"]
+            or gateway[case]["stopped_at_cap"]
+        )
+    assert gateway["used_window"]["rate_limited"] >= 1  # the used-up minute answered 429

@@ -26,7 +26,8 @@ MARGIN_MB = 4.0
 
 @pytest.fixture(scope="module")
 def fake_server_url() -> Iterator[str]:
-    argv = [sys.executable, "-m", "ratelane", "fake-server", "--port", "0",
+    # Unlimited: the default tier-5 account (500 requests/s) would make this a rate test.
+    argv = [sys.executable, "-m", "ratelane", "fake-server", "--port", "0", "--unlimited",
             "--ledger-limit", "100", "--store-limit", "100"]  # fmt: skip
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as process:
         try:

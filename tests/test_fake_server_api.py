@@ -67,6 +67,8 @@ def test_public_api_is_locked() -> None:
         "FAULT_KINDS",
         "KEEP",
         "REASONING_TOKENS",
+        "TIER_5",
+        "TIER_5_LIMITS",
         "BatchOptions",
         "FakeOpenAI",
         "Faults",
@@ -183,8 +185,13 @@ async def test_response_has_every_required_field(
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     assert REQUEST_ID.fullmatch(headers["x-request-id"])
     assert headers["openai-processing-ms"].isdigit()
-    # Unlimited dimensions send no rate-limit headers at all.
-    assert not [name for name in headers if name.lower().startswith("x-ratelimit")]
+    # The default server is a tier-5 account: gpt-4.1-mini's published limits, all six headers.
+    assert headers["x-ratelimit-limit-requests"] == "30000"
+    assert headers["x-ratelimit-limit-tokens"] == "150000000"
+    assert headers["x-ratelimit-remaining-requests"] == "29999"
+    assert 0 < int(headers["x-ratelimit-remaining-tokens"]) < 150_000_000
+    assert headers["x-ratelimit-reset-requests"].endswith("ms")
+    assert headers["x-ratelimit-reset-tokens"].endswith("ms")
 
 
 async def test_echo_fields_are_echoed(server: FakeOpenAI, session: aiohttp.ClientSession) -> None:

@@ -142,7 +142,8 @@ def test_run_in_thread_reports_a_failed_start() -> None:
 
 
 async def test_shipped_fixture(fake_openai: FakeOpenAI) -> None:
-    assert fake_openai.limits == (None, None)
+    # A real account by default: tier-5 limits per model.
+    assert fake_openai.limits_for("gpt-4.1-mini") == (30_000, 150_000_000)
     assert fake_openai.options.latency.is_zero
     assert not fake_openai.options.faults.any_random
     async with (

@@ -166,7 +166,7 @@ async def test_unknown_fault_header_value_is_a_400(
 
 async def statuses(session: aiohttp.ClientSession, seed: int, count: int) -> list[int]:
     faults = Faults(error_500=0.2, error_503=0.1, truncated=0.1)
-    async with FakeOpenAI(api_key=KEY, faults=faults, seed=seed) as server:
+    async with FakeOpenAI(api_key=KEY, faults=faults, seed=seed, rpm=None, tpm=None) as server:
         out = []
         for _ in range(count):
             status, raw, _ = await post(session, server)
@@ -285,7 +285,7 @@ async def test_fixed_latency_is_applied(session: aiohttp.ClientSession) -> None:
 
 async def test_latency_sleeps_concurrently(session: aiohttp.ClientSession) -> None:
     async with (
-        FakeOpenAI(api_key=KEY, latency=0.5) as server,
+        FakeOpenAI(api_key=KEY, latency=0.5, rpm=None, tpm=None) as server,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=300)) as wide,
     ):
         started = time.monotonic()

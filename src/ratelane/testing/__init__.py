@@ -2,8 +2,11 @@
 
 Three ways to run it:
 
-- ``async with FakeOpenAI(rpm=600, tpm=200_000) as server:`` inside a running loop;
-- ``with FakeOpenAI().run_in_thread() as server:`` from synchronous code;
+- ``async with FakeOpenAI(rpm=600, tpm=200_000) as server:`` inside a running loop
+  (by default each model has its published tier-5 limits; ``rpm=None, tpm=None``
+  is an unlimited server);
+- ``with FakeOpenAI().run_in_thread() as server:`` from synchronous code, or
+  ``server = FakeOpenAI().start_in_thread()`` ... ``server.stop()`` in a notebook;
 - ``ratelane fake-server --port 0 ...`` as a separate process; it prints one
   JSON line (``base_url``, ``api_key``, ...) and serves until SIGINT/SIGTERM.
   Admin endpoints ``POST /_fake/limits``, ``GET /_fake/ledger`` and
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ._app import FAULT_HEADER
 from ._batch_options import BatchOptions
 from ._bodies import ECHO_PREFIX, REASONING_TOKENS
-from ._config import FAULT_KINDS, Faults, Latency
+from ._config import FAULT_KINDS, TIER_5, TIER_5_LIMITS, Faults, Latency
 from ._ledger import Ledger, LedgerEntry
 from ._server import KEEP, FakeOpenAI
 
@@ -42,6 +45,8 @@ __all__ = [
     "FAULT_KINDS",
     "KEEP",
     "REASONING_TOKENS",
+    "TIER_5",
+    "TIER_5_LIMITS",
     "BatchOptions",
     "FakeOpenAI",
     "Faults",

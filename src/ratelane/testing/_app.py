@@ -30,14 +30,14 @@ from aiohttp import web
 
 from ratelane._core.tokens import estimate_request_tokens
 
-from . import _bodies
+from . import _bodies, _dialects
 from ._batch_routes import PREFIXES as BATCH_PREFIXES
 from ._batch_routes import BatchRoutes, drain, stream_file
 from ._batches import Batches
-from ._config import FAULT_KINDS, ServerOptions
+from ._config import FAULT_KINDS, TIER_5, ServerOptions
 from ._files_store import FileStore
 from ._ledger import Ledger, LedgerEntry
-from ._ratelimit import Admission, RateLimiter
+from ._ratelimit import Admission, RateLimits
 from ._store import ResponseStore, Stored
 from ._validate import CHAT_PATH, EMBEDDINGS_PATH, RESPONSES_PATH, Invalid, validate
 
@@ -91,8 +91,15 @@ class FakeApp:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         seed = options.seed
-        self.limiter = RateLimiter(
-            rpm=options.rpm, tpm=options.tpm, quantum_s=options.quantum_s, clock=options.clock
+        self.limiter = RateLimits(
+            rpm=options.rpm,
+            tpm=options.tpm,
+            quantum_s=options.quantum_s,
+            clock=options.clock,
+            window=options.window,
+            window_offset_s=options.window_offset_s,
+            first_window_used=options.first_window_used,
+            dialect=options.limit_dialect if options.rate_limit_headers else None,
         )
         self.ledger = Ledger(limit=options.ledger_limit)
         self.store = ResponseStore(options.store_limit)
@@ -131,15 +138,13 @@ class FakeApp:
         extra: Mapping[str, str] | None = None,
     ) -> web.Response:
         headers = self._headers.copy()
-        headers["x-request-id"] = request_id
+        headers[self.options.request_id_header] = request_id
         headers["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
         if extra:
-            if self.options.rate_limit_headers:
-                headers.update(extra)
-            else:
-                headers.update(
-                    (name, value) for name, value in extra.items() if not name.startswith("x-ratel")
-                )
+            headers.update(extra)
+        if status >= 400 and self.options.error_body == "text":
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+            body = _dialects.text_error_body(body, status)
         return web.Response(status=status, body=body, headers=headers)
 
     def _record(
@@ -251,7 +256,13 @@ class FakeApp:
                 custom_id=custom_id,
                 error_code=invalid.code,
             )
-            return self._reply(invalid.status, invalid.body, request_id, started)
+            error_body = invalid.body
+            if (
+                invalid.code == "unsupported_parameter"
+                and self.options.unsupported_params != "openai"
+            ):
+                error_body = _dialects.litellm_unsupported(error_body, model=model or "", body=body)
+            return self._reply(invalid.status, error_body, request_id, started)
         assert model is not None  # validate() guarantees a string model
         if fault == "quota":
             self._record(
@@ -265,10 +276,14 @@ class FakeApp:
                 error_code="insufficient_quota",
             )
             return self._reply(
-                429, _bodies.INSUFFICIENT_QUOTA_429, request_id, started, self.limiter.headers()
+                429,
+                _bodies.INSUFFICIENT_QUOTA_429,
+                request_id,
+                started,
+                self.limiter.headers(model),
             )
         tokens = estimate_request_tokens(body, path=path)
-        admission = self.limiter.admit(tokens)
+        admission = self.limiter.admit(tokens, model)
         if not admission.admitted:
             self._record(
                 request,
@@ -384,6 +399,14 @@ class FakeApp:
             )
             return self._reply(429, body, request_id, started, admission.headers)
         wait_s = admission.wait_s
+        if self.options.limit_dialect == "litellm-key":
+            body, extra = _dialects.litellm_rate_limited(
+                kind=admission.kind or "requests",
+                limit=admission.limit,
+                used=admission.used,
+                wait_s=wait_s,
+            )
+            return self._reply(429, body, request_id, started, extra)
         body = _bodies.rate_limited(
             model=model,
             organization=organization,
@@ -509,10 +532,13 @@ class FakeApp:
                 update = orjson.loads(raw or b"{}")
                 if not isinstance(update, dict):
                     raise ValueError('the body must be a JSON object like {"rpm": 60}')
-                rpm, tpm = self.limiter.limits
-                self.limiter.set_limits(rpm=update.get("rpm", rpm), tpm=update.get("tpm", tpm))
-                rpm, tpm = self.limiter.limits
-                return _admin_json({"rpm": rpm, "tpm": tpm})
+                rpm, tpm = self.limiter.spec
+                self.limiter.set_limits(
+                    rpm=_limit_from_json(update.get("rpm", rpm)),
+                    tpm=_limit_from_json(update.get("tpm", tpm)),
+                )
+                rpm, tpm = self.limiter.spec
+                return _admin_json({"rpm": _limit_to_json(rpm), "tpm": _limit_to_json(tpm)})
             if method == "GET" and path == "/_fake/ledger":
                 bucket_s = float(request.query.get("bucket_s", "1.0"))
                 return _admin_json(self.ledger.summary(bucket_s))
@@ -522,6 +548,15 @@ class FakeApp:
         except (ValueError, orjson.JSONDecodeError) as exc:
             return _admin_json({"error": str(exc)}, status=400)
         return _admin_json({"error": f"unknown admin endpoint {method} {path}"}, status=404)
+
+
+def _limit_from_json(value: Any) -> Any:
+    """``TIER_5`` travels as the string ``"tier-5"`` in admin JSON."""
+    return TIER_5 if value == TIER_5.value else value
+
+
+def _limit_to_json(value: Any) -> Any:
+    return TIER_5.value if value is TIER_5 else value
 
 
 def _admin_json(value: Any, status: int = 200) -> web.Response:

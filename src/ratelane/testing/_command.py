@@ -21,10 +21,25 @@ import orjson
 from ratelane._core.argtypes import non_negative_float, positive_float, probability
 
 from ._batch_options import BatchOptions
-from ._config import Faults, Latency
+from ._config import TIER_5, Faults, Latency, Limit
 from ._server import FakeOpenAI
 
 __all__ = ["add_parser", "run"]
+
+
+def limit(text: str) -> Limit:
+    """A ``--rpm`` / ``--tpm`` value: a number, ``unlimited`` (or ``none``), or ``tier-5``."""
+    word = text.strip().lower()
+    if word in ("unlimited", "none"):
+        return None
+    if word == TIER_5.value:
+        return TIER_5
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number > 0, 'unlimited' or 'tier-5', got {text!r}"
+        ) from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -41,8 +56,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     add("--port", type=int, default=8000, help="port, 0 for any free one (default 8000)")
     add("--api-key", default="sk-fake", help="the accepted API key (default sk-fake)")
-    add("--rpm", type=positive_float, default=None, help="requests per minute (default unlimited)")
-    add("--tpm", type=positive_float, default=None, help="tokens per minute (default unlimited)")
+    add("--rpm", type=limit, default=TIER_5,
+        help="requests per minute for all models, 'unlimited', or 'tier-5' (default: "
+        "each model's published tier-5 limit)")  # fmt: skip
+    add("--tpm", type=limit, default=TIER_5,
+        help="tokens per minute, as --rpm (default tier-5)")  # fmt: skip
+    add("--unlimited", action="store_true",
+        help="no limits, no rate-limit headers (--rpm unlimited --tpm unlimited)")  # fmt: skip
     add("--quantum-s", type=positive_float, default=1.0, help="enforcement period (default 1.0 s)")
     add("--latency", type=non_negative_float, default=0.0, help="seconds per answer (median)")
     add("--latency-sigma", type=non_negative_float, default=0.0, help="lognormal sigma (default 0)")
@@ -75,6 +95,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="every batch expires after answering this many lines")  # fmt: skip
     add("--batch-token-limit", type=int, default=None, metavar="TOKENS",
         help="enqueued-token pool per model (default unlimited)")  # fmt: skip
+    gateway = parser.add_argument_group("gateway dialects (LiteLLM and other proxies)")
+    gateway.add_argument("--limit-dialect", choices=("openai", "litellm-key"), default="openai",
+        help="rate-limit header names: OpenAI's or LiteLLM's per-key ones")  # fmt: skip
+    gateway.add_argument("--window", choices=("bucket", "fixed-minute"), default="bucket",
+        help="continuous refill, or a count per calendar minute (LiteLLM)")  # fmt: skip
+    gateway.add_argument("--window-offset-s", type=non_negative_float, default=None,
+        help="seconds into its first minute at start (default: the clock's)")  # fmt: skip
+    gateway.add_argument("--first-window-used", action="store_true",
+        help="start with the first minute's budget used up (only 429s until it turns)")  # fmt: skip
+    gateway.add_argument("--error-body", choices=("json", "text"), default="json",
+        help="error bodies as OpenAI's JSON or plain text (default json)")  # fmt: skip
+    gateway.add_argument("--unsupported-params", choices=("openai", "litellm"), default="openai",
+        help="wording of a rejected parameter's 400 (default openai)")  # fmt: skip
+    gateway.add_argument("--request-id-header", default="x-request-id",
+        help="header carrying the request id, e.g. x-litellm-call-id")  # fmt: skip
     parser.set_defaults(handler=run)
     return parser
 
@@ -95,8 +130,8 @@ def _server_from_args(args: argparse.Namespace) -> FakeOpenAI:
     )
     return FakeOpenAI(
         api_key=args.api_key,
-        rpm=args.rpm,
-        tpm=args.tpm,
+        rpm=None if args.unlimited else args.rpm,
+        tpm=None if args.unlimited else args.tpm,
         quantum_s=args.quantum_s,
         latency=Latency(
             args.latency, sigma=args.latency_sigma, per_output_token_s=args.latency_per_token
@@ -113,6 +148,13 @@ def _server_from_args(args: argparse.Namespace) -> FakeOpenAI:
             expire_after_lines=args.batch_expire_after,
             enqueued_token_limit=args.batch_token_limit,
         ),
+        limit_dialect=args.limit_dialect,
+        window=args.window,
+        window_offset_s=args.window_offset_s,
+        first_window_used=args.first_window_used,
+        error_body=args.error_body,
+        unsupported_params=args.unsupported_params,
+        request_id_header=args.request_id_header,
     )
 
 

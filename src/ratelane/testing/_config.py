@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal
 
 from ._batch_options import BatchOptions
@@ -13,10 +14,18 @@ from ._batch_options import BatchOptions
 __all__ = [
     "DEFAULT_REASONING_PREFIXES",
     "FAULT_KINDS",
+    "TIER_5",
+    "TIER_5_LIMITS",
+    "ErrorBody",
     "FaultKind",
     "Faults",
     "Latency",
+    "LimitDialect",
     "ServerOptions",
+    "UnsupportedParams",
+    "Window",
+    "account_limits",
+    "tier_5_limits",
 ]
 
 FaultKind = Literal["500", "502", "503", "reset", "stall", "truncated", "quota"]
@@ -25,6 +34,65 @@ FAULT_KINDS: tuple[FaultKind, ...] = ("quota", "500", "502", "503", "reset", "st
 
 #: Model names with these prefixes answer like reasoning models (a ``reasoning`` item first).
 DEFAULT_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+class _Tier5(Enum):
+    TIER_5 = "tier-5"
+
+    def __repr__(self) -> str:
+        return "TIER_5"
+
+
+#: Default of ``rpm`` / ``tpm``: the published tier-5 limit of each model, per model.
+TIER_5 = _Tier5.TIER_5
+
+#: Published tier-5 ``(rpm, tpm)`` per model (OpenAI rate-limits page, 2026). A model
+#: name matches its longest listed prefix, so snapshots (``gpt-4.1-mini-2025-04-14``)
+#: get their family's limits; anything else gets ``TIER_5_LIMITS[""]``.
+TIER_5_LIMITS: Mapping[str, tuple[float, float]] = {
+    "": (10_000, 30_000_000),
+    "gpt-5": (15_000, 40_000_000),
+    "gpt-5-mini": (30_000, 180_000_000),
+    "gpt-5-nano": (30_000, 180_000_000),
+    "gpt-4.1": (10_000, 30_000_000),
+    "gpt-4.1-mini": (30_000, 150_000_000),
+    "gpt-4.1-nano": (30_000, 150_000_000),
+    "gpt-4o": (10_000, 30_000_000),
+    "gpt-4o-mini": (30_000, 150_000_000),
+    "o1": (10_000, 30_000_000),
+    "o3": (10_000, 30_000_000),
+    "o3-mini": (30_000, 150_000_000),
+    "o4-mini": (30_000, 150_000_000),
+    "text-embedding-3-small": (10_000, 10_000_000),
+    "text-embedding-3-large": (10_000, 10_000_000),
+}
+
+Limit = float | None | _Tier5
+LimitDialect = Literal["openai", "litellm-key"]
+Window = Literal["bucket", "fixed-minute"]
+ErrorBody = Literal["json", "text"]
+UnsupportedParams = Literal["openai", "litellm"]
+
+
+def tier_5_limits(model: str | None) -> tuple[float, float]:
+    """The tier-5 ``(rpm, tpm)`` of ``model``: its longest prefix in ``TIER_5_LIMITS``."""
+    name = model or ""
+    best = max((prefix for prefix in TIER_5_LIMITS if name.startswith(prefix)), key=len)
+    return TIER_5_LIMITS[best]
+
+
+def account_limits(rpm: Limit, tpm: Limit) -> tuple[Limit, Limit]:
+    """``TIER_5`` means the whole tier-5 account only when neither limit is set:
+    ``rpm=60`` alone leaves tokens unlimited (and ``rpm=None`` alone is an
+    unlimited server), as before there was a tier-5 default."""
+    if (rpm is TIER_5) != (tpm is TIER_5):
+        return (None if rpm is TIER_5 else rpm, None if tpm is TIER_5 else tpm)
+    return rpm, tpm
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -37,14 +105,16 @@ def _check_non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def check_limit(name: str, value: float | None) -> None:
-    """A per-minute limit is ``None`` (unlimited) or a finite number above zero."""
-    if value is None:
+def check_limit(name: str, value: Limit) -> None:
+    """A per-minute limit is ``None`` (unlimited), ``TIER_5`` or a finite number above zero."""
+    if value is None or value is TIER_5:
         return
     if isinstance(value, bool) or not (
         isinstance(value, int | float) and math.isfinite(value) and value > 0
     ):
-        raise ValueError(f"{name} must be a number > 0 or None for unlimited, got {value!r}")
+        raise ValueError(
+            f"{name} must be a number > 0, None for unlimited or TIER_5, got {value!r}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +229,8 @@ class ServerOptions:
     """Everything :class:`FakeOpenAI` is configured with; see its docstring."""
 
     api_key: str = field(default="sk-test", repr=False)
-    rpm: float | None = None
-    tpm: float | None = None
+    rpm: Limit = TIER_5
+    tpm: Limit = TIER_5
     quantum_s: float = 1.0
     latency: Latency = field(default_factory=Latency)
     faults: Faults = field(default_factory=Faults)
@@ -177,12 +247,22 @@ class ServerOptions:
     rate_limit_headers: bool = True
     # -- Batch API (files and batches) --
     batches: BatchOptions = field(default_factory=BatchOptions)
+    limit_dialect: LimitDialect = "openai"
+    window: Window = "bucket"
+    window_offset_s: float | None = None
+    first_window_used: bool = False
+    error_body: ErrorBody = "json"
+    unsupported_params: UnsupportedParams = "openai"
+    request_id_header: str = "x-request-id"
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
             raise ValueError("api_key must be a non-empty string")
         check_limit("rpm", self.rpm)
         check_limit("tpm", self.tpm)
+        rpm, tpm = account_limits(self.rpm, self.tpm)
+        object.__setattr__(self, "rpm", rpm)
+        object.__setattr__(self, "tpm", tpm)
         if not (math.isfinite(self.quantum_s) and 0 < self.quantum_s <= 60):
             raise ValueError(f"quantum_s must be in (0, 60] seconds, got {self.quantum_s!r}")
         if not isinstance(self.latency, Latency):
@@ -198,6 +278,18 @@ class ServerOptions:
         if not 1 <= self.embedding_dimensions <= 8192:
             raise ValueError(
                 f"embedding_dimensions must be in 1..8192, got {self.embedding_dimensions}"
+            )
+        _check_choice("limit_dialect", self.limit_dialect, ("openai", "litellm-key"))
+        _check_choice("window", self.window, ("bucket", "fixed-minute"))
+        _check_choice("error_body", self.error_body, ("json", "text"))
+        _check_choice("unsupported_params", self.unsupported_params, ("openai", "litellm"))
+        if self.window_offset_s is not None and not 0 <= self.window_offset_s < 60:
+            raise ValueError(
+                f"window_offset_s must be in [0, 60) or None, got {self.window_offset_s!r}"
+            )
+        if not self.request_id_header or not self.request_id_header.isascii():
+            raise ValueError(
+                f"request_id_header must be an ASCII header name, got {self.request_id_header!r}"
             )
         object.__setattr__(self, "reasoning_prefixes", tuple(self.reasoning_prefixes))
         if not isinstance(self.batches, BatchOptions):

@@ -4,8 +4,9 @@ Use it from a ``conftest.py`` (or a test module)::
 
     from ratelane.testing import fake_openai  # noqa: F401  (pytest finds it by name)
 
-It yields a started :class:`~ratelane.testing.FakeOpenAI` with the defaults of
-a test double: no limits, zero latency, no faults, seed 0. It is an async
+It yields a started :class:`~ratelane.testing.FakeOpenAI` with its defaults:
+a real account's limits (published tier 5, per model, with every rate-limit
+header), zero latency, no faults, seed 0. It is an async
 fixture (pytest-asyncio), one server per test.
 """
 

@@ -30,21 +30,40 @@ they differ, because OpenAI counts failed requests toward RPM:
   full rate: hammering is punished with 429s, never with starvation. (Had
   429s added debt, a client polling faster than the refill would be locked
   out for good.) Rejected requests are not charged tokens.
+
+``window="fixed-minute"`` replaces the debt with a count per calendar minute,
+as LiteLLM's proxy counts: up to the limit in any burst, then every request is
+refused until the minute turns (``wait_s`` is the time to the turn).
+
+:class:`RateLimits` is what the server holds: one :class:`RateLimiter` for all
+models when the limits are explicit, or one per model with the published
+tier-5 limits (``TIER_5``, the default), like a real account.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from ratelane._core.durations import format_duration
 
-from ._config import check_limit
+from ._config import (
+    TIER_5,
+    Limit,
+    LimitDialect,
+    Window,
+    account_limits,
+    check_limit,
+    tier_5_limits,
+)
 
-__all__ = ["Admission", "Dimension", "RateLimiter"]
+__all__ = ["Admission", "Dimension", "FixedWindow", "RateLimiter", "RateLimits", "limit_headers"]
+
+_MINUTE_S = 60.0
 
 # Float debt is compared with a tolerance: 1e-9 of a request is "no debt".
 _EPSILON = 1e-9
@@ -107,6 +126,66 @@ class Dimension:
         return math.ceil(self.view_debt - _EPSILON)
 
 
+class FixedWindow:
+    """One quantity counted per calendar minute, as LiteLLM counts; not thread-safe.
+
+    Minutes start at ``origin + k * 60``. Anything fits while the minute's
+    count stays within the limit; after that every request waits for the
+    turn. Refusals count in ``used`` (LiteLLM's "current usage=301") but
+    never in admission.
+    """
+
+    __slots__ = ("count", "limit", "origin", "refused", "updated", "window")
+
+    def __init__(self, limit: float, *, origin: float, now: float, used_up: bool = False) -> None:
+        self.limit = limit
+        self.origin = origin
+        self.updated = now
+        self.window = math.floor((now - origin) / _MINUTE_S)
+        self.count = limit if used_up else 0.0
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"FixedWindow(limit={self.limit:g}, count={self.count:g}, reset_s={self.reset_s:.3f})"
+        )
+
+    def refill(self, now: float) -> None:
+        self.updated = max(self.updated, now)
+        window = math.floor((self.updated - self.origin) / _MINUTE_S)
+        if window != self.window:
+            self.window = window
+            self.count = 0.0
+            self.refused = 0
+
+    def wait(self, cost: float) -> float:
+        if self.count + cost <= self.limit + _EPSILON * max(1.0, cost):
+            return 0.0
+        return self.reset_s
+
+    def charge(self, cost: float) -> None:
+        self.count += cost
+
+    def charge_rejected(self) -> None:
+        self.refused += 1
+
+    @property
+    def remaining(self) -> int:
+        return max(0, math.floor(self.limit - self.count + _EPSILON))
+
+    @property
+    def reset_s(self) -> float:
+        """Seconds until the minute turns."""
+        return max(0.0, self.origin + (self.window + 1) * _MINUTE_S - self.updated)
+
+    @property
+    def used(self) -> int:
+        return math.ceil(self.count - _EPSILON) + self.refused
+
+
+Meter = Dimension | FixedWindow
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """The verdict on one request, plus the headers to send with the answer.
@@ -144,13 +223,22 @@ class RateLimiter:
         tpm: float | None,
         quantum_s: float,
         clock: Callable[[], float],
+        window: Window = "bucket",
+        window_origin: float = 0.0,
+        first_window_used: bool = False,
+        dialect: LimitDialect | None = "openai",
     ) -> None:
         self._clock = clock
         self._quantum_s = quantum_s
+        self._window = window
+        self._origin = window_origin
+        self._used_up = first_window_used
+        self._dialect = dialect
         self._lock = threading.Lock()
-        self._requests: Dimension | None = None
-        self._tokens: Dimension | None = None
+        self._requests: Meter | None = None
+        self._tokens: Meter | None = None
         self.set_limits(rpm=rpm, tpm=tpm)
+        self._used_up = False  # only the first minute starts used up, not a later limit
 
     def __repr__(self) -> str:
         return f"RateLimiter(requests={self._requests!r}, tokens={self._tokens!r})"
@@ -178,12 +266,18 @@ class RateLimiter:
             self._tokens = self._replace(self._tokens, tpm, now, minimum_burst=0.0)
 
     def _replace(
-        self, old: Dimension | None, limit: float | None, now: float, *, minimum_burst: float
-    ) -> Dimension | None:
+        self, old: Meter | None, limit: float | None, now: float, *, minimum_burst: float
+    ) -> Meter | None:
         if limit is None:
             return None
+        if self._window == "fixed-minute":
+            window = FixedWindow(limit, origin=self._origin, now=now, used_up=self._used_up)
+            if isinstance(old, FixedWindow):
+                old.refill(now)
+                window.count, window.refused = old.count, old.refused
+            return window
         new = Dimension(limit, quantum_s=self._quantum_s, minimum_burst=minimum_burst, now=now)
-        if old is not None:
+        if isinstance(old, Dimension):
             old.refill(now)
             new.debt = old.debt
             new.view_debt = old.view_debt
@@ -254,19 +348,146 @@ class RateLimiter:
             return self._headers()
 
     def _headers(self) -> dict[str, str]:
-        # An unlimited dimension sends none of its three headers, like a
-        # compatible server without that limit; clients must tolerate absence.
-        headers: dict[str, str] = {}
-        requests, tokens = self._requests, self._tokens
-        if requests is not None:
-            headers["x-ratelimit-limit-requests"] = str(int(requests.limit))
-            headers["x-ratelimit-remaining-requests"] = str(requests.remaining)
-            headers["x-ratelimit-reset-requests"] = format_duration(requests.reset_s)
-        if tokens is not None:
-            headers["x-ratelimit-limit-tokens"] = str(int(tokens.limit))
-            headers["x-ratelimit-remaining-tokens"] = str(tokens.remaining)
-            headers["x-ratelimit-reset-tokens"] = format_duration(tokens.reset_s)
+        return limit_headers(self._dialect, self._requests, self._tokens)
+
+
+def limit_headers(
+    dialect: LimitDialect | None, requests: Meter | None, tokens: Meter | None
+) -> dict[str, str]:
+    """The rate-limit headers of ``dialect`` (``None``: none at all).
+
+    An unlimited dimension sends none of its headers, like a compatible server
+    without that limit; clients must tolerate absence. ``"openai"``: the six
+    ``x-ratelimit-limit|remaining|reset-requests|tokens``. ``"litellm-key"``:
+    LiteLLM's per-key names ``x-ratelimit-api_key-limit|remaining-requests|tokens``
+    and ``x-litellm-key-rpm-limit`` / ``-tpm-limit``, with no reset headers.
+    """
+    headers: dict[str, str] = {}
+    if dialect is None:
         return headers
+    for meter, kind, short in ((requests, "requests", "rpm"), (tokens, "tokens", "tpm")):
+        if meter is None:
+            continue
+        limit = str(int(meter.limit))
+        if dialect == "openai":
+            headers[f"x-ratelimit-limit-{kind}"] = limit
+            headers[f"x-ratelimit-remaining-{kind}"] = str(meter.remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = format_duration(meter.reset_s)
+        else:
+            headers[f"x-ratelimit-api_key-limit-{kind}"] = limit
+            headers[f"x-ratelimit-api_key-remaining-{kind}"] = str(meter.remaining)
+            headers[f"x-litellm-key-{short}-limit"] = limit
+    return headers
 
 
 _UNLIMITED = Admission(None, 0.0, {})
+
+
+class RateLimits:
+    """The server's limits: one :class:`RateLimiter` for every model, or one per model.
+
+    ``rpm`` / ``tpm`` are a number, ``None`` (unlimited) or ``TIER_5`` (the
+    published tier-5 limit of each model, see ``TIER_5_LIMITS``). While either
+    is ``TIER_5`` each model has its own limiter, created on its first request;
+    otherwise all models share one. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        rpm: Limit,
+        tpm: Limit,
+        quantum_s: float,
+        clock: Callable[[], float],
+        window: Window = "bucket",
+        window_offset_s: float | None = None,
+        first_window_used: bool = False,
+        dialect: LimitDialect | None = "openai",
+    ) -> None:
+        check_limit("rpm", rpm)
+        check_limit("tpm", tpm)
+        # Minutes are calendar minutes unless an offset into the first one is given.
+        offset = time.time() % _MINUTE_S if window_offset_s is None else window_offset_s
+        origin = clock() - offset
+
+        def make(rpm: float | None, tpm: float | None) -> RateLimiter:
+            return RateLimiter(
+                rpm=rpm,
+                tpm=tpm,
+                quantum_s=quantum_s,
+                clock=clock,
+                window=window,
+                window_origin=origin,
+                first_window_used=first_window_used,
+                dialect=dialect,
+            )
+
+        self._make = make
+        self._lock = threading.Lock()
+        self._spec: tuple[Limit, Limit] = (rpm, tpm)
+        self._by_model: dict[str, RateLimiter] = {}
+
+    def __repr__(self) -> str:
+        return f"RateLimits(spec={self._spec!r}, limiters={self._by_model!r})"
+
+    @property
+    def spec(self) -> tuple[Limit, Limit]:
+        """``(rpm, tpm)`` as configured: numbers, ``None`` or ``TIER_5``."""
+        return self._spec
+
+    @property
+    def per_model(self) -> bool:
+        return TIER_5 in self._spec
+
+    def resolve(self, model: str | None) -> tuple[float | None, float | None]:
+        """The ``(rpm, tpm)`` that apply to ``model``."""
+        rpm, tpm = self._spec
+        table_rpm, table_tpm = tier_5_limits(model)
+        return (
+            table_rpm if rpm is TIER_5 else rpm,
+            table_tpm if tpm is TIER_5 else tpm,
+        )
+
+    def for_model(self, model: str | None) -> RateLimiter:
+        key = (model or "") if self.per_model else ""
+        limiter = self._by_model.get(key)
+        if limiter is None:
+            with self._lock:
+                limiter = self._by_model.get(key)
+                if limiter is None:
+                    limiter = self._make(*self.resolve(key))
+                    self._by_model[key] = limiter
+        return limiter
+
+    @property
+    def limits(self) -> tuple[float | None, float | None]:
+        """``(rpm, tpm)`` for all models; with ``TIER_5``, for models not in the table."""
+        return self.resolve(None)
+
+    @property
+    def is_limited(self) -> bool:
+        return self._spec != (None, None)
+
+    def set_limits(self, *, rpm: Limit, tpm: Limit) -> None:
+        """Replace both limits (``TIER_5`` with a number: see ``account_limits``).
+
+        Spent budget carries over while the mode (shared or per model) stays;
+        switching mode starts from fresh limiters."""
+        check_limit("rpm", rpm)
+        check_limit("tpm", tpm)
+        rpm, tpm = account_limits(rpm, tpm)
+        with self._lock:
+            was_per_model = self.per_model
+            self._spec = (rpm, tpm)
+            if was_per_model != self.per_model:
+                self._by_model = {}
+                return
+            for key, limiter in self._by_model.items():
+                limiter_rpm, limiter_tpm = self.resolve(key)
+                limiter.set_limits(rpm=limiter_rpm, tpm=limiter_tpm)
+
+    def admit(self, tokens: int, model: str | None = None) -> Admission:
+        return self.for_model(model).admit(tokens)
+
+    def headers(self, model: str | None = None) -> dict[str, str]:
+        return self.for_model(model).headers()

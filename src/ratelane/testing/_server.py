@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import threading
 import time
@@ -16,7 +17,18 @@ from aiohttp import web
 from ._app import FakeApp
 from ._batch_options import BatchOptions
 from ._batches import Batches
-from ._config import DEFAULT_REASONING_PREFIXES, Faults, Latency, ServerOptions
+from ._config import (
+    DEFAULT_REASONING_PREFIXES,
+    TIER_5,
+    ErrorBody,
+    Faults,
+    Latency,
+    Limit,
+    LimitDialect,
+    ServerOptions,
+    UnsupportedParams,
+    Window,
+)
 from ._ledger import Ledger
 
 __all__ = ["KEEP", "FakeOpenAI"]
@@ -48,6 +60,9 @@ class FakeOpenAI:
         with FakeOpenAI().run_in_thread() as server:   # for synchronous code
             ...
 
+        server = FakeOpenAI().start_in_thread()        # a notebook: one cell ...
+        server.stop()                                  # ... and another, much later
+
     Endpoints: ``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}``,
     ``POST /v1/responses/{id}/cancel``, ``POST /v1/chat/completions``,
     ``POST /v1/embeddings``; the Batch API (``/v1/files``, ``/v1/batches``,
@@ -57,9 +72,13 @@ class FakeOpenAI:
     Options (all keyword-only):
 
     - ``api_key``: the only key accepted (``Authorization: Bearer <key>``).
-    - ``rpm``, ``tpm``: per-minute limits, ``None`` for unlimited; enforced over
-      ``quantum_s`` periods (see ``_ratelimit`` for the exact rules). An
-      unlimited dimension sends none of its ``x-ratelimit-*`` headers.
+    - ``rpm``, ``tpm``: per-minute limits. The default ``TIER_5`` imitates a real
+      account: each model has its own limits, the published tier-5 ones
+      (``TIER_5_LIMITS``; gpt-4.1-mini 30,000 rpm and 150,000,000 tpm), and
+      every answer carries all six ``x-ratelimit-*`` headers. A number applies
+      to all models together; ``None`` is unlimited (``rpm=None, tpm=None``: no
+      limit and no headers). Enforced over ``quantum_s`` periods (see
+      ``_ratelimit`` for the exact rules).
     - ``latency``: seconds per successful answer, or a :class:`Latency`.
     - ``faults``: a :class:`Faults`; ``seed`` makes faults, lognormal latency
       and ids reproducible for the same request order.
@@ -76,14 +95,31 @@ class FakeOpenAI:
       limits) for the Batch API endpoints.
     - ``clock``: monotonic seconds for rate limits and ledger times
       (inject a fake clock in tests); latency always sleeps in real time.
+
+    Gateway dialects (protocol doc section 10, LiteLLM as measured):
+
+    - ``limit_dialect``: ``"openai"`` or ``"litellm-key"`` (LiteLLM's per-key
+      ``x-ratelimit-api_key-*`` and ``x-litellm-key-rpm|tpm-limit`` headers, no
+      reset headers; 429s with ``code: "429"`` and ``retry-after`` in seconds).
+    - ``window``: ``"bucket"`` (continuous refill, like OpenAI) or
+      ``"fixed-minute"`` (a count per calendar minute, like LiteLLM: once the
+      minute is used up everything is refused until it turns).
+      ``window_offset_s`` is how far into its first minute the server starts
+      (default: the wall clock's), so a test can put the turn a few seconds
+      away; ``first_window_used`` starts with that minute used up.
+    - ``error_body``: ``"json"`` or ``"text"`` (every error body as plain text).
+    - ``unsupported_params``: ``"openai"`` (400 ``unsupported_parameter``) or
+      ``"litellm"`` (400 ``code: "400"``, ``litellm.UnsupportedParamsError: ...``).
+    - ``request_id_header``: the header carrying the request id
+      (``"x-litellm-call-id"`` for LiteLLM).
     """
 
     def __init__(
         self,
         *,
         api_key: str = "sk-test",
-        rpm: float | None = None,
-        tpm: float | None = None,
+        rpm: Limit = TIER_5,
+        tpm: Limit = TIER_5,
         quantum_s: float = 1.0,
         latency: float | Latency = 0.0,
         faults: Faults | None = None,
@@ -99,6 +135,13 @@ class FakeOpenAI:
         clock: Callable[[], float] = time.monotonic,
         rate_limit_headers: bool = True,
         batches: BatchOptions | None = None,
+        limit_dialect: LimitDialect = "openai",
+        window: Window = "bucket",
+        window_offset_s: float | None = None,
+        first_window_used: bool = False,
+        error_body: ErrorBody = "json",
+        unsupported_params: UnsupportedParams = "openai",
+        request_id_header: str = "x-request-id",
     ) -> None:
         self.options = ServerOptions(
             api_key=api_key,
@@ -119,15 +162,23 @@ class FakeOpenAI:
             clock=clock,
             rate_limit_headers=rate_limit_headers,
             batches=batches if batches is not None else BatchOptions(),
+            limit_dialect=limit_dialect,
+            window=window,
+            window_offset_s=window_offset_s,
+            first_window_used=first_window_used,
+            error_body=error_body,
+            unsupported_params=unsupported_params,
+            request_id_header=request_id_header,
         )
         self._app = FakeApp(self.options)
         self._runner: web.ServerRunner | None = None
         self._port: int | None = None
+        self._thread: _ServerThread | None = None
 
     def __repr__(self) -> str:
         state = f"url={self.url!r}" if self._port is not None else "stopped"
-        rpm, tpm = self._app.limiter.limits
-        return f"FakeOpenAI({state}, rpm={rpm}, tpm={tpm}, ledger={self.ledger!r})"
+        rpm, tpm = self._app.limiter.spec
+        return f"FakeOpenAI({state}, rpm={rpm!r}, tpm={tpm!r}, ledger={self.ledger!r})"
 
     # -- addresses -----------------------------------------------------------
 
@@ -164,21 +215,27 @@ class FakeOpenAI:
 
     @property
     def limits(self) -> tuple[float | None, float | None]:
-        """The current ``(rpm, tpm)``; ``None`` means unlimited."""
+        """The current ``(rpm, tpm)``; ``None`` means unlimited. With ``TIER_5``
+        (per model), those of a model not in the table: see :meth:`limits_for`."""
         return self._app.limiter.limits
+
+    def limits_for(self, model: str) -> tuple[float | None, float | None]:
+        """The ``(rpm, tpm)`` that apply to ``model``."""
+        return self._app.limiter.resolve(model)
 
     def set_limits(
         self,
         *,
-        rpm: float | Literal[_Keep.KEEP] | None = KEEP,
-        tpm: float | Literal[_Keep.KEEP] | None = KEEP,
+        rpm: Limit | Literal[_Keep.KEEP] = KEEP,
+        tpm: Limit | Literal[_Keep.KEEP] = KEEP,
     ) -> None:
-        """Change limits while running (``None`` = unlimited, omitted = unchanged).
+        """Change limits while running (``None`` = unlimited, ``TIER_5`` = per model,
+        omitted = unchanged).
 
         Spent budget carries over: lowering a limit right after a burst gives
         429s until the debt drains at the new rate. Safe from any thread.
         """
-        current_rpm, current_tpm = self._app.limiter.limits
+        current_rpm, current_tpm = self._app.limiter.spec
         self._app.limiter.set_limits(
             rpm=current_rpm if rpm is KEEP else rpm,
             tpm=current_tpm if tpm is KEEP else tpm,
@@ -222,21 +279,50 @@ class FakeOpenAI:
     ) -> None:
         await self.close()
 
+    def start_in_thread(self) -> FakeOpenAI:
+        """Serve from a background thread with its own event loop; returns this object.
+
+        For notebooks and synchronous code: the server runs until :meth:`stop`
+        (idempotent) or the interpreter exits (an ``atexit`` hook stops it).
+        ``base_url``, ``ledger`` and ``set_limits`` are safe to use from the
+        calling thread; do not await its coroutines.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the server is already running in a thread; call stop() first")
+        self._thread = _ServerThread(self)
+        atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`start_in_thread`; a no-op otherwise."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            atexit.unregister(self.stop)
+            thread.stop()
+
     @contextlib.contextmanager
     def run_in_thread(self) -> Iterator[FakeOpenAI]:
-        """Serve from a background thread with its own event loop, for synchronous code.
+        """:meth:`start_in_thread` as a context manager: stops when the block ends."""
+        self.start_in_thread()
+        try:
+            yield self
+        finally:
+            self.stop()
 
-        Yields this same object: ``base_url``, ``ledger`` and ``set_limits``
-        are safe to use from the calling thread; do not await its coroutines.
-        """
-        loop = asyncio.new_event_loop()
+
+class _ServerThread:
+    """A daemon thread running one server on its own event loop until :meth:`stop`."""
+
+    def __init__(self, server: FakeOpenAI) -> None:
+        self._loop = asyncio.new_event_loop()
         started = threading.Event()
         failure: list[BaseException] = []
+        loop = self._loop
 
         def serve() -> None:
             asyncio.set_event_loop(loop)
             try:
-                loop.run_until_complete(self.start())
+                loop.run_until_complete(server.start())
             except BaseException as exc:  # reported to the caller below
                 failure.append(exc)
                 started.set()
@@ -246,19 +332,19 @@ class FakeOpenAI:
             try:
                 loop.run_forever()
             finally:
-                loop.run_until_complete(self.close())
+                loop.run_until_complete(server.close())
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
-        thread = threading.Thread(target=serve, name="FakeOpenAI", daemon=True)
-        thread.start()
+        self._thread = threading.Thread(target=serve, name="FakeOpenAI", daemon=True)
+        self._thread.start()
         if not started.wait(_THREAD_TIMEOUT_S):
             raise RuntimeError(f"the fake server did not start within {_THREAD_TIMEOUT_S:g} s")
         if failure:
-            thread.join(_THREAD_TIMEOUT_S)
+            self._thread.join(_THREAD_TIMEOUT_S)
             raise failure[0]
-        try:
-            yield self
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(_THREAD_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(_THREAD_TIMEOUT_S)
