@@ -297,7 +297,9 @@ class RateGovernor:
             f"<RateGovernor rpm={_show(self.requests_per_minute)}"
             f" tpm={_show(self.tokens_per_minute)}"
             f" learned_rpm={_show(self.learned_rpm)} learned_tpm={_show(self.learned_tpm)}"
-            f" cooling_down={self.cooling_down} cooldowns={self.cooldowns}>"
+            f" cooling_down={self.cooling_down} cooldowns={self.cooldowns}"
+            f"{f' discovery={self._discovery!r}' if self._discovering else ''}"
+            f" requests={self._requests!r}>"
         )
 
 
