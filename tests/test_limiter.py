@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from _virtual_time import run
-from ratelane._http.wire import RateLimitHeaders
+from ratelane._http.wire import RateLimitHeaders, read_rate_limit_headers
 from ratelane._limits.governor import RateGovernor
 
 
@@ -149,3 +149,45 @@ def test_429s_right_after_a_lowered_limit_do_not_cut_the_rate() -> None:
         assert governor.requests_per_minute == pytest.approx(3000 * 0.8, rel=0.02)
 
     run(scenario())
+
+
+def test_a_per_key_gateway_limit_is_learned_and_the_smallest_binds() -> None:
+    async def scenario() -> None:
+        governor = RateGovernor(headroom=1.0)
+        # LiteLLM: a model limit in OpenAI's names and a smaller per-key one.
+        headers = read_rate_limit_headers(
+            {
+                "x-ratelimit-limit-requests": "1000",
+                "x-ratelimit-limit-tokens": "1000000",
+                "x-ratelimit-api_key-limit-requests": "300",
+                "x-ratelimit-api_key-remaining-requests": "299",
+                "x-litellm-key-tpm-limit": "50000",
+            }
+        )
+        governor.observe(headers)
+        assert governor.learned_rpm == 300
+        assert governor.token_limit == 50_000
+        times = await _admission_times(governor, 10)
+        # 5/s with a bucket of 2.5: paced from the first answer, no burst of 256.
+        assert times[-1] == pytest.approx(1.5, abs=0.11)
+
+    run(scenario())
+
+
+def test_the_discovery_warning_says_what_is_missing_and_how_to_fix_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        governor = RateGovernor()
+        # A token limit alone is announced: the request limit is what is missing.
+        sent_at = await governor.admit(0)
+        governor.observe(RateLimitHeaders(limit_tokens=100_000), sent_at=sent_at)
+        governor.cool_down(0.1)
+        assert governor.requests_per_minute == pytest.approx(60 * 0.985)
+
+    with caplog.at_level("WARNING", logger="ratelane"):
+        run(scenario())
+    message = caplog.records[0].getMessage()
+    assert "announces no request limit" in message
+    assert "x-ratelimit-*-limit-requests" in message
+    assert "HINT: pass rpm=" in message

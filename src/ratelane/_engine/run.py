@@ -247,17 +247,17 @@ class Run:
             )
             decision = decide(reply.status, headers, reply.raw, engine.policy, state.body)
             if decision.verdict is not Verdict.SUCCESS:
-                self._act(state, decision)
+                self._act(state, decision, admitted_at)
         self._log_attempt(state, decision, charge, self._clock() - began)
         return decision
 
-    def _act(self, state: _State, decision: Decision) -> None:
+    def _act(self, state: _State, decision: Decision, sent_at: float) -> None:
         """The run-wide side of a failed attempt: pause, drop a parameter, or stop."""
         verdict = decision.verdict
         if verdict is Verdict.RETRY_RATE_LIMITED:
             self.stats.rate_limited += 1
             if decision.cooldown_s is not None and self.engine.governor.cool_down(
-                decision.cooldown_s
+                decision.cooldown_s, sent_at=sent_at
             ):
                 self.stats.cooldowns += 1
         elif verdict is Verdict.DROP_PARAM:

@@ -58,10 +58,18 @@ def auth_headers(
 
 @dataclass(frozen=True, slots=True)
 class RateLimitHeaders:
-    """The six ``x-ratelimit-*`` values; each ``None`` when absent or unreadable.
+    """The rate limits one answer announces; each value ``None`` when absent or unreadable.
 
-    The reset durations are kept as text and parsed only when asked for: they
-    matter only when ``remaining`` runs low, and this runs once per response.
+    Every dialect is read (protocol notes, sections 1 and 10):
+    ``x-ratelimit-{limit,remaining}-{requests,tokens}`` (OpenAI, Azure, LiteLLM
+    model limits), the scoped ``x-ratelimit-<scope>-{limit,remaining}-{requests,tokens}``
+    (LiteLLM per-key limits: ``api_key``, and any other scope) and
+    ``x-litellm-key-{rpm,tpm}-limit``. When several scopes announce a limit
+    the smallest binds, and the smallest remaining is the most constraining.
+
+    The reset durations (unscoped only) are kept as text and parsed only when
+    asked for: they matter only when ``remaining`` runs low, and this runs once
+    per response.
     """
 
     limit_requests: float | None = None
@@ -80,29 +88,96 @@ class RateLimitHeaders:
         return None if self.reset_tokens is None else parse_duration(self.reset_tokens)
 
 
-def _number(headers: Mapping[str, str], name: str) -> float | None:
-    value = headers.get(name)
-    if value is None:
-        return None
+def _number(value: str) -> float | None:
     try:
         number = float(value)
     except ValueError:
         return None
-    # Azure sometimes sends -1: treat impossible values as absent.
+    # Azure sometimes sends -1: treat impossible values as absent (and NaN too).
     return number if number >= 0 else None
 
 
+def _smaller(known: float | None, value: str) -> float | None:
+    number = _number(value)
+    if number is None or (known is not None and known <= number):
+        return known
+    return number
+
+
+# What a header name carries: nothing, one of the four numbers, or one of the resets.
+_IGNORED, _LIMIT_REQUESTS, _LIMIT_TOKENS, _REMAINING_REQUESTS, _REMAINING_TOKENS = range(5)
+_RESET_REQUESTS, _RESET_TOKENS = 5, 6
+_KINDS = {
+    ("limit", "requests"): _LIMIT_REQUESTS,
+    ("limit", "tokens"): _LIMIT_TOKENS,
+    ("remaining", "requests"): _REMAINING_REQUESTS,
+    ("remaining", "tokens"): _REMAINING_TOKENS,
+}
+_LITELLM_KEY_LIMITS = {
+    "x-litellm-key-rpm-limit": _LIMIT_REQUESTS,
+    "x-litellm-key-tpm-limit": _LIMIT_TOKENS,
+}
+#: Header name as received -> what it carries. A server sends the same few names
+#: on every answer, so each is classified once; bounded against endless new names.
+_SLOT_OF_NAME: dict[str, int] = {}
+_SLOT_CACHE_LIMIT = 4096
+
+
+def _slot_of(name: str) -> int:
+    """Classify one header name (any case); see :class:`RateLimitHeaders` for the dialects.
+
+    ``x-ratelimit-[<scope>-]{limit,remaining}-{requests,tokens}``,
+    ``x-ratelimit-reset-{requests,tokens}`` (unscoped only; ``tokens_usage_based``
+    and other variants are ignored) and ``x-litellm-key-{rpm,tpm}-limit``.
+    """
+    low = name.lower()
+    slot = _IGNORED
+    if low.startswith("x-ratelimit-"):
+        head, _, unit = low[12:].rpartition("-")
+        scope, _, kind = head.rpartition("-")
+        if kind == "reset":
+            if not scope and unit in ("requests", "tokens"):
+                slot = _RESET_REQUESTS if unit == "requests" else _RESET_TOKENS
+        else:
+            slot = _KINDS.get((kind, unit), _IGNORED)
+    else:
+        slot = _LITELLM_KEY_LIMITS.get(low, _IGNORED)
+    if len(_SLOT_OF_NAME) < _SLOT_CACHE_LIMIT:
+        _SLOT_OF_NAME[name] = slot
+    return slot
+
+
 def read_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | None:
-    """The rate-limit view a response carries, or ``None`` if it carries none."""
-    if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+    """The rate-limit view a response carries, or ``None`` if it announces no limit.
+
+    One pass over the header names, one dictionary look-up each (names are
+    classified once, then remembered); only rate-limit values are read.
+    """
+    numbers: list[float | None] = [None, None, None, None, None]
+    reset_requests = reset_tokens = None
+    slot_of = _SLOT_OF_NAME.get
+    for name in headers:
+        slot = slot_of(name)
+        if slot is None:
+            slot = _slot_of(name)
+        if slot:
+            if slot < _RESET_REQUESTS:
+                numbers[slot] = _smaller(numbers[slot], headers[name])
+            elif slot == _RESET_REQUESTS:
+                reset_requests = headers[name]
+            else:
+                reset_tokens = headers[name]
+    _, limit_requests, limit_tokens, remaining_requests, remaining_tokens = numbers
+    if limit_requests is None and limit_tokens is None:
         return None
+    # Positional, in field order: this runs once per answer.
     return RateLimitHeaders(
-        limit_requests=_number(headers, "x-ratelimit-limit-requests"),
-        limit_tokens=_number(headers, "x-ratelimit-limit-tokens"),
-        remaining_requests=_number(headers, "x-ratelimit-remaining-requests"),
-        remaining_tokens=_number(headers, "x-ratelimit-remaining-tokens"),
-        reset_requests=headers.get("x-ratelimit-reset-requests"),
-        reset_tokens=headers.get("x-ratelimit-reset-tokens"),
+        limit_requests,
+        limit_tokens,
+        remaining_requests,
+        remaining_tokens,
+        reset_requests,
+        reset_tokens,
     )
 
 

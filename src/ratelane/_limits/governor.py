@@ -9,6 +9,10 @@ Rules taken from how OpenAI enforces limits (see the protocol notes):
   slow admission down, never grant extra burst.
 * A 429 closes one gate for the whole run (not one sleep per request), cuts
   the rate multiplicatively, and the rate climbs back linearly afterwards.
+* A server that announces no request limit gets its rate found from its 429s
+  (:mod:`.discovery`: slow start, then AIMD).
+
+The buckets are :class:`.bucket.Bucket` (FIFO, retunable while tasks wait).
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
 
-from aiolimiter import AsyncLimiter
-
 from ratelane._http.wire import RateLimitHeaders
+
+from .bucket import Bucket
+from .discovery import Discovery, DiscoveryTuning
 
 __all__ = ["RateGovernor"]
 
@@ -35,45 +39,6 @@ _FLOOR_FACTOR = 0.5
 _RECOVERY_PER_S = 0.05
 #: 429s within this many seconds of a lowered limit, or of the last cut, cut nothing more.
 _SETTLE_S = 3.0
-#: With no limit announced, the request rate that drew a 429 is measured over this window...
-_DISCOVERY_WINDOW_S = 2.0
-#: ...as what the server accepted, paced at this fraction of it...
-_DISCOVERY_MARGIN = 0.9
-#: ...and then grows by this fraction per second to probe for more.
-_DISCOVERY_GROWTH_PER_S = 0.01
-
-
-class _TunableLimiter(AsyncLimiter):
-    """An aiolimiter bucket whose rate and capacity can change while tasks wait on it."""
-
-    __slots__ = ()
-
-    def retune(self, rate_per_s: float, capacity: float) -> None:
-        self._leak()
-        previous = self.max_rate
-        self.max_rate = capacity
-        self.time_period = capacity / rate_per_s
-        self._rate_per_sec = rate_per_s
-        # Keep the fill fraction: a bucket that grows must not turn into a burst.
-        self._level = self._level * capacity / previous if previous > 0 else capacity
-        self._wake_next()
-
-    def fill(self) -> None:
-        """Mark the bucket full, so nothing bursts through when a cool-down ends."""
-        self._leak()
-        self._level = self.max_rate
-
-    async def acquire_any(self, amount: float) -> None:
-        """Acquire ``amount`` even when it exceeds capacity, a capacity's worth at a time."""
-        while amount > self.max_rate:
-            await self.acquire(self.max_rate)
-            amount -= self.max_rate
-        await self.acquire(amount)
-
-    @property
-    def level(self) -> float:
-        self._leak()
-        return float(self._level)
 
 
 class RateGovernor:
@@ -94,6 +59,7 @@ class RateGovernor:
         headroom: float = 0.985,
         burst_s: float = 0.5,
         clock: Callable[[], float] | None = None,
+        discovery: DiscoveryTuning | None = None,
     ) -> None:
         self._rpm_ceiling = rpm
         self._tpm_ceiling = tpm
@@ -102,16 +68,15 @@ class RateGovernor:
         self._clock = clock
         self.learned_rpm: float | None = None
         self.learned_tpm: float | None = None
-        self._requests: _TunableLimiter | None = None
-        self._tokens: _TunableLimiter | None = None
+        self._requests: Bucket | None = None
+        self._tokens: Bucket | None = None
         self._factor = 1.0
         self._factor_cut_at = -math.inf
         self._limit_lowered_at = -math.inf
         # Only for servers that announce no request limit: the rate found by 429s.
-        self._discovered_rpm: float | None = None
-        self._discovered_at = 0.0
-        self._recent_admissions: deque[float] = deque()
-        self._recent_rejections: deque[float] = deque()
+        self._discovery = Discovery(discovery)
+        self._discovering = rpm is None
+        self._last_sent_at: float | None = None
         self._gate = asyncio.Event()
         self._gate.set()
         self._closed_until = 0.0
@@ -132,8 +97,8 @@ class RateGovernor:
     @property
     def requests_per_minute(self) -> float | None:
         """The request rate currently aimed for, per minute (``None``: unlimited)."""
-        limiter = self._requests
-        return None if limiter is None else limiter._rate_per_sec * 60
+        bucket = self._requests
+        return None if bucket is None else bucket.rate_per_s * 60
 
     @property
     def token_limit(self) -> float | None:
@@ -142,8 +107,8 @@ class RateGovernor:
 
     @property
     def tokens_per_minute(self) -> float | None:
-        limiter = self._tokens
-        return None if limiter is None else limiter._rate_per_sec * 60
+        bucket = self._tokens
+        return None if bucket is None else bucket.rate_per_s * 60
 
     @property
     def cooling_down(self) -> bool:
@@ -162,17 +127,18 @@ class RateGovernor:
         while True:
             if not self._gate.is_set():
                 await self._gate.wait()
-            if self._requests is not None:
-                await self._requests.acquire(1)
-            if self._tokens is not None and tokens > 0:
-                await self._tokens.acquire_any(tokens)
+            requests = self._requests
+            if requests is not None and not requests.take(1):
+                await requests.wait(1)
+            bucket = self._tokens
+            if bucket is not None and tokens > 0 and not bucket.take(tokens):
+                await bucket.wait(tokens)
             # A cool-down that began while we queued applies to us too.
             if self._gate.is_set():
-                now = self._now()
-                if self._rpm_ceiling is None and self.learned_rpm is None:
+                if self._discovering:
                     # Only servers that announce no limit need the sending rate measured.
-                    _slide(self._recent_admissions, now)
-                return now
+                    self._discovery.admitted += 1
+                return self._now()
 
     def observe(
         self,
@@ -189,14 +155,19 @@ class RateGovernor:
         higher figure, and flipping back to it would burst into 429s.
         """
         self._first_answer.set()
-        if headers is None:
-            self._retune()
-            return
+        self._last_sent_at = sent_at
+        if headers is None or headers.limit_requests is None:
+            if self._discovering and self._discovery.answered(self._now(), sent_at):
+                self._retune()
+            if headers is None:
+                self._retune()
+                return
         stale = sent_at is not None and sent_at < self._limit_lowered_at
         self.learned_rpm, lowered_rpm = _learn(self.learned_rpm, headers.limit_requests, stale)
         self.learned_tpm, lowered_tpm = _learn(self.learned_tpm, headers.limit_tokens, stale)
         if lowered_rpm or lowered_tpm:
             self._limit_lowered_at = self._now()
+        self._discovering = self._rpm_ceiling is None and self.learned_rpm is None
         self._retune()
         pause = 0.0
         if headers.remaining_requests is not None and headers.remaining_requests < 1:
@@ -213,41 +184,36 @@ class RateGovernor:
         if pause > 0:
             self._close_gate(pause)
 
-    def _discover_limit(self, now: float) -> bool:
-        """After a 429 from a server that announces no request limit, pace at the rate it
-        accepted over the last few seconds (sent minus refused), with a margin.
+    def _discover_limit(self, now: float, sent_at: float | None) -> bool:
+        """Tell discovery about a 429 when the server announces no request limit.
 
         Returns False when the server does announce a limit (nothing to discover)."""
-        if _effective(self._rpm_ceiling, self.learned_rpm) is not None:
+        if not self._discovering:
             return False
-        _slide(self._recent_rejections, now)
-        if self._discovered_rpm is not None and now - self._discovered_at < _SETTLE_S:
-            return True  # stragglers sent before the last estimate
-        _slide(self._recent_admissions, now, add=False)
-        accepted = len(self._recent_admissions) - len(self._recent_rejections)
-        self._discovered_rpm = max(1.0, accepted) / _DISCOVERY_WINDOW_S * 60.0 * _DISCOVERY_MARGIN
-        self._discovered_at = now
-        logger.warning(
-            "the server announces no rate limit but answered 429: pacing at about "
-            "%.0f requests/min, the rate it accepted, and probing slowly upward",
-            self._discovered_rpm,
-        )
+        discovery = self._discovery
+        first = discovery.rpm is None
+        if discovery.rejected(now, sent_at) and first:
+            logger.warning(
+                "the server announces no request limit (no x-ratelimit-*-limit-requests or "
+                "x-litellm-key-rpm-limit header) but answered 429: pacing at %.0f requests/min "
+                "and raising it until the next 429. HINT: pass rpm= (--rpm) when you know the "
+                "limit",
+                discovery.rpm,
+            )
         return True
 
-    def _discovered_now(self, now: float) -> float | None:
-        if self._discovered_rpm is None:
-            return None
-        growth = 1.0 + _DISCOVERY_GROWTH_PER_S * max(0.0, now - self._discovered_at)
-        return self._discovered_rpm * growth
-
-    def cool_down(self, seconds: float) -> bool:
+    def cool_down(self, seconds: float, *, sent_at: float | None = None) -> bool:
         """Pause admission for everyone for ``seconds`` after a 429 and slow down.
 
-        Called once per 429. Returns True when this starts a new cool-down (not
-        an extension)."""
+        Called once per 429, after :meth:`observe` for the same answer;
+        ``sent_at`` is what :meth:`admit` returned for the refused attempt
+        (default: the ``sent_at`` given to that :meth:`observe`). Returns True
+        when this starts a new cool-down (not an extension)."""
         started = self._gate.is_set()
         now = self._now()
-        discovering = self._discover_limit(now)
+        if sent_at is None:
+            sent_at = self._last_sent_at
+        discovering = self._discover_limit(now, sent_at)
         if started:
             self.cooldowns += 1
             # Cut the rate only for 429s that compliance did not prevent: not those
@@ -287,9 +253,9 @@ class RateGovernor:
         if self._fill_on_reopen:
             # After a 429 the server's short-period bucket is empty: no burst.
             self._fill_on_reopen = False
-            for limiter in (self._requests, self._tokens):
-                if limiter is not None:
-                    limiter.fill()
+            for bucket in (self._requests, self._tokens):
+                if bucket is not None:
+                    bucket.fill()
         self._gate.set()
 
     # -- tuning -------------------------------------------------------------
@@ -299,11 +265,10 @@ class RateGovernor:
         return min(1.0, recovered)
 
     def _retune(self) -> None:
-        now = self._now() if self._factor < 1.0 or self._discovered_rpm is not None else 0.0
-        factor = self._current_factor(now) if self._factor < 1.0 else 1.0
+        factor = self._current_factor(self._now()) if self._factor < 1.0 else 1.0
         if factor >= 1.0:
             self._factor = 1.0
-        request_limit = _effective(self._rpm_ceiling, self.learned_rpm or self._discovered_now(now))
+        request_limit = _effective(self._rpm_ceiling, self.learned_rpm or self._discovery.rpm)
         self._requests = self._tuned(self._requests, request_limit, factor, minimum=1.0)
         self._tokens = self._tuned(
             self._tokens, _effective(self._tpm_ceiling, self.learned_tpm), factor, minimum=1.0
@@ -311,37 +276,31 @@ class RateGovernor:
 
     def _tuned(
         self,
-        limiter: _TunableLimiter | None,
+        bucket: Bucket | None,
         per_minute: float | None,
         factor: float,
         *,
         minimum: float,
-    ) -> _TunableLimiter | None:
+    ) -> Bucket | None:
         if per_minute is None:
             return None
         rate_per_s = per_minute / 60.0 * self._headroom * factor
         capacity = max(minimum, rate_per_s * self._burst_s)
-        if limiter is None:
-            return _TunableLimiter(capacity, capacity / rate_per_s)
-        if limiter._rate_per_sec != rate_per_s or limiter.max_rate != capacity:
-            limiter.retune(rate_per_s, capacity)
-        return limiter
+        if bucket is None:
+            return Bucket(rate_per_s, capacity)
+        if bucket.rate_per_s != rate_per_s or bucket.capacity != capacity:
+            bucket.retune(rate_per_s, capacity)
+        return bucket
 
     def __repr__(self) -> str:
         return (
             f"<RateGovernor rpm={_show(self.requests_per_minute)}"
             f" tpm={_show(self.tokens_per_minute)}"
             f" learned_rpm={_show(self.learned_rpm)} learned_tpm={_show(self.learned_tpm)}"
-            f" cooling_down={self.cooling_down} cooldowns={self.cooldowns}>"
+            f" cooling_down={self.cooling_down} cooldowns={self.cooldowns}"
+            f"{f' discovery={self._discovery!r}' if self._discovering else ''}"
+            f" requests={self._requests!r}>"
         )
-
-
-def _slide(times: deque[float], now: float, *, add: bool = True) -> None:
-    """Keep the last ``_DISCOVERY_WINDOW_S`` seconds of event times (adding ``now``)."""
-    if add:
-        times.append(now)
-    while times and now - times[0] > _DISCOVERY_WINDOW_S:
-        times.popleft()
 
 
 def _show(value: float | None) -> str:
