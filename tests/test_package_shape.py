@@ -58,7 +58,7 @@ def test_every_module_is_private_and_typed() -> None:
 # fake-server subcommands of the CLI may import it.
 LAYERS = [
     {"_core"},
-    {"_http", "_limits"},
+    {"_http", "_limits", "_state"},
     {"_engine"},
     {"_api"},
     {"_files"},
