@@ -1,0 +1,487 @@
+"""One rate budget shared by every process on every host, kept in Redis.
+
+OpenAI's limits belong to the organization and project, not to a process: N
+processes each pacing at the full limit overshoot N times. A
+:class:`RedisLimiter` keeps the request and token buckets in Redis instead, so
+all processes that use the same (API key, organization, project, model) draw
+from one budget.
+
+The rules, as in the local governor (``governor.py``):
+
+* Each bucket refills continuously at ``limit / 60 * headroom`` per second and
+  holds at most ``burst_s`` seconds of it (at least 1), because the server
+  enforces per-minute limits over short quanta. Being one bucket for everyone,
+  the quantum holds across all processes together: in any window of ``w``
+  seconds at most ``rate * (burst_s + w)`` are admitted, whoever asks.
+* Time is Redis' own (``TIME`` inside the scripts), so hosts' clocks never
+  matter. Every change is one atomic Lua script: no lost updates, no locks.
+* A request charging more tokens than a bucket holds waits for a full bucket
+  and then drives it negative, so later requests pay for it (no request is
+  ever refused for being large).
+* A 429 seen by one process closes the budget for everyone until a "closed
+  until" instant on Redis' clock, and empties both buckets so nothing bursts
+  when it reopens.
+* The Redis keys are a hash of the identity, never the API key itself; hash
+  tags keep both keys of one budget in one Redis Cluster slot::
+
+      {prefix}:{<32 hex>}:bucket   hash: limits learned, levels, last update,
+                                   closed-until, cool-down count
+      {prefix}:{<32 hex>}:procs    sorted set: process id -> last register()
+
+The interface the governor calls (all coroutines except ``processes``/``limits``)::
+
+    wait = await limiter.acquire(requests=1, tokens=N)  # 0.0: admitted (charged);
+                                                        # > 0: nothing charged, retry after
+                                                        # `wait` seconds
+    await limiter.admit(requests=1, tokens=N)           # acquire, sleeping the returned wait
+    await limiter.correct_tokens(delta)                 # actual - charged: > 0 charges, < 0 refunds
+    await limiter.learn(rpm, tpm)                       # x-ratelimit-limit-* (None: unchanged)
+    started = await limiter.cool_down(seconds)          # 429: close the budget for everyone
+    remaining = await limiter.cooling_until()           # seconds until it reopens (0.0: open)
+    n = await limiter.register()                        # heartbeat; processes seen recently
+    await limiter.aclose()                              # unregister, close the connections
+
+Every Redis failure (refused, reset, timed out, server loading) surfaces as
+:class:`RedisUnavailableError`, raised within ``timeout_s``. Falling back to a
+local bucket is the caller's job; :class:`FallbackPolicy` computes the share
+(1/N of the limit, N from the last :meth:`RedisLimiter.register`) and when to
+try Redis again. When it answers again, call ``register()`` and ``learn()``
+with the limits known (a restarted Redis has forgotten them) and use it.
+
+A limiter binds to the event loop it is first used on (redis-py's asyncio
+client does): create one per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ratelane._core.errors import ConfigurationError, RatelaneError
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.commands.core import AsyncScript
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as _missing:  # pragma: no cover - depends on the environment
+    raise ConfigurationError(
+        "a shared budget in Redis needs the redis package. HINT: pip install 'ratelane[redis]'"
+    ) from _missing
+
+__all__ = [
+    "FallbackPolicy",
+    "RedisLimiter",
+    "RedisUnavailableError",
+    "budget_id",
+    "safe_redis_url",
+]
+
+logger = logging.getLogger("ratelane")
+
+#: Keys of one budget expire after this long without use, so abandoned budgets vanish.
+_BUCKET_TTL_S = 24 * 3600
+
+
+class RedisUnavailableError(RatelaneError, ConnectionError):
+    """Redis did not answer (refused, reset, timed out, loading): the shared budget is
+    out of reach. The caller falls back to a local share of the limit and tries again."""
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def budget_id(
+    *, api_key: str | None, organization: str | None, project: str | None, model: str
+) -> str:
+    """32 hex digits naming one budget: blake2b of (key, organization, project, model).
+
+    Keyed hashing with a fixed personalisation; the key cannot be read back from
+    it, and the same inputs give the same id on every host and Python version.
+    """
+    parts = (api_key or "", organization or "", project or "", model)
+    joined = "\x00".join(parts).encode("utf-8")
+    return hashlib.blake2b(joined, digest_size=16, person=b"ratelane-budget").hexdigest()
+
+
+def safe_redis_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port is not None else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+# --------------------------------------------------------------------------- scripts
+
+# Shared by the scripts that touch the levels: read the state, refill to now.
+# ARGV[1..4] of every such script: rpm ceiling, tpm ceiling (0: none), headroom, burst_s.
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local s = redis.call('HMGET', KEYS[1], 'closed_until', 'learned_rpm', 'learned_tpm',
+                     'req', 'tok', 'ts', 'cooldowns')
+local closed_until = tonumber(s[1]) or 0
+local headroom = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local ts = tonumber(s[6]) or now
+local elapsed = math.max(0, now - ts)
+local function limit(ceiling, learned)
+  ceiling = tonumber(ceiling) or 0
+  learned = tonumber(learned) or 0
+  if ceiling > 0 and learned > 0 then return math.min(ceiling, learned) end
+  if ceiling > 0 then return ceiling end
+  if learned > 0 then return learned end
+  return nil
+end
+local function bucket(per_minute, stored)
+  if not per_minute then return nil end
+  local rate = per_minute / 60 * headroom
+  local cap = math.max(1, rate * burst)
+  local level = tonumber(stored)
+  if level == nil then level = cap end
+  return {rate = rate, cap = cap, level = math.min(cap, level + elapsed * rate)}
+end
+local rpm = limit(ARGV[1], s[2])
+local tpm = limit(ARGV[2], s[3])
+local req = bucket(rpm, s[4])
+local tok = bucket(tpm, s[5])
+local function num(x) return string.format('%.17g', x) end
+local function save(new_ts)
+  local fields = {'ts', num(new_ts)}
+  if req then table.insert(fields, 'req'); table.insert(fields, num(req.level)) end
+  if tok then table.insert(fields, 'tok'); table.insert(fields, num(tok.level)) end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+end
+local function show(x) if x then return num(x) end return '' end
+"""
+
+# ARGV[6], ARGV[7]: requests and tokens to charge.
+# Returns {wait_us, rpm, tpm}: wait_us 0 = admitted and charged.
+_ACQUIRE = (
+    _PRELUDE
+    + """
+if now < closed_until then
+  return {math.ceil((closed_until - now) * 1000000), show(rpm), show(tpm)}
+end
+local requests = tonumber(ARGV[6])
+local tokens = tonumber(ARGV[7])
+local wait = 0
+if req and requests > 0 then
+  local need = math.min(requests, req.cap)
+  if req.level < need then wait = math.max(wait, (need - req.level) / req.rate) end
+end
+if tok and tokens > 0 then
+  local need = math.min(tokens, tok.cap)
+  if tok.level < need then wait = math.max(wait, (need - tok.level) / tok.rate) end
+end
+if wait > 0 then
+  return {math.max(1, math.ceil(wait * 1000000)), show(rpm), show(tpm)}
+end
+if req then req.level = req.level - requests end
+if tok then tok.level = tok.level - tokens end
+save(math.max(now, ts))
+return {0, show(rpm), show(tpm)}
+"""
+)
+
+# ARGV[6]: tokens to charge (> 0) or refund (< 0). Returns the token level after.
+_CORRECT = (
+    _PRELUDE
+    + """
+if not tok then return '' end
+tok.level = math.min(tok.cap, tok.level - tonumber(ARGV[6]))
+save(math.max(now, ts))
+return num(tok.level)
+"""
+)
+
+# ARGV[6]: seconds. Empties both buckets until the budget reopens.
+# Returns {started (1/0), remaining_us, cooldowns}.
+_COOL_DOWN = (
+    _PRELUDE
+    + """
+local started = 0
+local cooldowns = tonumber(s[7]) or 0
+if closed_until <= now then
+  started = 1
+  cooldowns = cooldowns + 1
+end
+local until_ = math.max(closed_until, now + tonumber(ARGV[6]))
+if req then req.level = 0 end
+if tok then tok.level = 0 end
+redis.call('HSET', KEYS[1], 'closed_until', num(until_), 'cooldowns', cooldowns)
+save(until_)
+return {started, math.ceil((until_ - now) * 1000000), cooldowns}
+"""
+)
+
+# Returns the microseconds until the budget reopens (0: open).
+_COOLING = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local closed_until = tonumber(redis.call('HGET', KEYS[1], 'closed_until')) or 0
+return math.max(0, math.ceil((closed_until - now) * 1000000))
+"""
+
+# ARGV: process id, ttl_s. Returns the processes seen within ttl_s (this one included).
+_REGISTER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl * 2))
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackPolicy:
+    """What a process does while Redis is out of reach.
+
+    Each of the ``N`` processes seen recently paces alone at ``limit / N``, so
+    together they stay within the limit (a process that saw no registration
+    counts itself: ``N >= 1``). Redis is tried again every ``probe_interval_s``
+    seconds; the first answer re-joins the shared budget.
+    """
+
+    probe_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.probe_interval_s) and self.probe_interval_s > 0):
+            raise ConfigurationError(
+                f"probe_interval_s must be a positive number of seconds, "
+                f"got {self.probe_interval_s!r}"
+            )
+
+    @staticmethod
+    def local_limit(shared_per_minute: float | None, processes: int) -> float | None:
+        """This process's share while alone: ``shared / max(1, processes)``."""
+        if shared_per_minute is None:
+            return None
+        return shared_per_minute / max(1, processes)
+
+    def should_probe(self, *, now: float, last_probe_at: float) -> bool:
+        """Whether to try Redis again (re-join) at ``now``."""
+        return now - last_probe_at >= self.probe_interval_s
+
+
+# --------------------------------------------------------------------------- limiter
+
+_Sleep = Callable[[float], Awaitable[object]]
+
+
+class RedisLimiter:
+    """The request and token budget of one (API key, organization, project, model),
+    shared through Redis by every process that names the same one.
+
+    ``rpm``/``tpm`` are this process's ceilings (``None``: only learned limits
+    apply; with neither, that bucket admits everything). ``headroom`` and
+    ``burst_s`` mean what they mean for the local governor. ``timeout_s``
+    bounds every Redis call, ``max_wait_s`` one sleep of :meth:`admit` (a
+    longer wait is re-asked, so a cool-down ended early or a raised limit is
+    seen). ``process_ttl_s``: a process not registered for this long is no
+    longer counted.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        model: str = "",
+        key_prefix: str = "ratelane",
+        rpm: float | None = None,
+        tpm: float | None = None,
+        headroom: float = 0.985,
+        burst_s: float = 0.5,
+        timeout_s: float = 1.0,
+        max_wait_s: float = 1.0,
+        process_ttl_s: float = 10.0,
+        sleep: _Sleep = asyncio.sleep,
+    ) -> None:
+        for name, value in (
+            ("headroom", headroom),
+            ("burst_s", burst_s),
+            ("timeout_s", timeout_s),
+            ("max_wait_s", max_wait_s),
+            ("process_ttl_s", process_ttl_s),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        for name, ceiling in (("rpm", rpm), ("tpm", tpm)):
+            if ceiling is not None and not (math.isfinite(ceiling) and ceiling > 0):
+                raise ConfigurationError(f"{name} must be positive or None, got {ceiling!r}")
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(
+                f"not a Redis URL: {safe_redis_url(url)!r}. HINT: redis://HOST:6379/0"
+            )
+        self._url = url
+        self._args = (rpm or 0, tpm or 0, headroom, burst_s, _BUCKET_TTL_S)
+        self._max_wait_s = max_wait_s
+        self._process_ttl_s = process_ttl_s
+        self._sleep = sleep
+        self._model = model
+        self.budget = budget_id(
+            api_key=api_key, organization=organization, project=project, model=model
+        )
+        self.bucket_key = f"{key_prefix}:{{{self.budget}}}:bucket"
+        self.processes_key = f"{key_prefix}:{{{self.budget}}}:procs"
+        self.process_id = secrets.token_hex(8)
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._correct = self._redis.register_script(_CORRECT)
+        self._cool_down = self._redis.register_script(_COOL_DOWN)
+        self._cooling = self._redis.register_script(_COOLING)
+        self._register = self._redis.register_script(_REGISTER)
+        self._queue = asyncio.Lock()
+        #: The limits (per minute) in force at the last answer: ``(rpm, tpm)``, None = none.
+        self.limits: tuple[float | None, float | None] = (rpm, tpm)
+        #: Processes counted by the last :meth:`register` (1 before any).
+        self.processes = 1
+
+    # -- one translation boundary for redis-py errors ------------------------
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await script(keys=list(keys), args=list(args))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise RedisUnavailableError(
+                f"Redis at {safe_redis_url(self._url)} did not answer "
+                f"({type(error).__name__}). HINT: check that it runs and is reachable; "
+                "until it answers, pace locally at a share of the limit."
+            ) from None
+
+    # -- the governor's interface ------------------------------------------
+    async def acquire(self, requests: int = 1, tokens: int = 0) -> float:
+        """Try once to charge ``requests`` and ``tokens``.
+
+        Returns 0.0 when admitted (charged), else the seconds to wait before
+        asking again (nothing charged): until the bucket holds enough, or until
+        a cool-down ends.
+        """
+        wait_us, rpm, tpm = await self._run(
+            self._acquire, [self.bucket_key], [*self._args, requests, max(0, tokens)]
+        )
+        self.limits = (_float_or_none(rpm), _float_or_none(tpm))
+        return int(wait_us) / 1_000_000
+
+    async def admit(self, requests: int = 1, tokens: int = 0) -> None:
+        """Wait until admitted, sleeping exactly the waits Redis returns (each at most
+        ``max_wait_s``). Waiters of one process queue behind each other, so only
+        the first asks Redis: no herd of retries."""
+        if not self._queue.locked():
+            wait = await self.acquire(requests, tokens)
+            if wait <= 0:
+                return
+        async with self._queue:
+            while (wait := await self.acquire(requests, tokens)) > 0:
+                await self._sleep(min(wait, self._max_wait_s))
+
+    async def correct_tokens(self, delta: int) -> None:
+        """Charge ``delta`` more tokens (reported usage above the estimate) or refund
+        ``-delta`` (below it). A refund never fills a bucket beyond its capacity."""
+        if delta:
+            await self._run(self._correct, [self.bucket_key], [*self._args, delta])
+
+    async def learn(self, rpm: float | None, tpm: float | None) -> None:
+        """Share the limits a response announced (``x-ratelimit-limit-*``) with every
+        process. ``None`` leaves that limit as it is."""
+        fields = {
+            name: repr(float(value))
+            for name, value in (("learned_rpm", rpm), ("learned_tpm", tpm))
+            if value is not None and value > 0
+        }
+        if not fields:
+            return
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.bucket_key, mapping=fields)  # type: ignore[arg-type]
+                pipe.expire(self.bucket_key, _BUCKET_TTL_S)
+                await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise RedisUnavailableError(
+                f"Redis at {safe_redis_url(self._url)} did not answer "
+                f"({type(error).__name__}) while sharing learned limits."
+            ) from None
+
+    async def cool_down(self, seconds: float) -> bool:
+        """Close the budget for every process for ``seconds`` (a 429), emptying both
+        buckets. Returns True when this started a cool-down, False when it only
+        extended one already running."""
+        started, _remaining, _count = await self._run(
+            self._cool_down, [self.bucket_key], [*self._args, max(0.0, seconds)]
+        )
+        return bool(started)
+
+    async def cooling_until(self) -> float:
+        """Seconds until the shared budget reopens (0.0: it is open)."""
+        remaining_us = await self._run(self._cooling, [self.bucket_key], [])
+        return int(remaining_us) / 1_000_000
+
+    async def register(self) -> int:
+        """Say this process is alive; return how many were seen within ``process_ttl_s``.
+
+        Call it every few seconds (a third of ``process_ttl_s`` is plenty).
+        """
+        count = await self._run(
+            self._register, [self.processes_key], [self.process_id, self._process_ttl_s]
+        )
+        self.processes = max(1, int(count))
+        return self.processes
+
+    async def aclose(self) -> None:
+        """Stop counting this process and close the connections (Redis may be gone)."""
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            await self._redis.zrem(self.processes_key, self.process_id)
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> RedisLimiter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        rpm, tpm = self.limits
+        return (
+            f"<RedisLimiter url={safe_redis_url(self._url)!r} budget={self.budget[:12]}"
+            f" model={self._model!r} rpm={_show(rpm)} tpm={_show(tpm)}"
+            f" processes={self.processes}>"
+        )
+
+
+def _float_or_none(value: bytes | str | None) -> float | None:
+    if not value:
+        return None
+    return float(value)
+
+
+def _show(value: float | None) -> str:
+    return "unlimited" if value is None else f"{value:.0f}"
