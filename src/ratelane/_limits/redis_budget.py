@@ -15,6 +15,10 @@ The rules, as in the local governor (``governor.py``):
   seconds at most ``rate * (burst_s + w)`` are admitted, whoever asks.
 * Time is Redis' own (``TIME`` inside the scripts), so hosts' clocks never
   matter. Every change is one atomic Lua script: no lost updates, no locks.
+* Refused callers are told when to come back: when the bucket will hold
+  enough after the callers queued before them, so the waiters of all
+  processes come back one at a time (about two script calls per admission,
+  whatever the number of processes), not as a herd polling together.
 * A request charging more tokens than a bucket holds waits for a full bucket
   and then drives it negative, so later requests pay for it (no request is
   ever refused for being large).
@@ -32,7 +36,8 @@ The interface the governor calls (all coroutines except ``processes``/``limits``
 
     wait = await limiter.acquire(requests=1, tokens=N)  # 0.0: admitted (charged);
                                                         # > 0: nothing charged, retry after
-                                                        # `wait` seconds
+                                                        # `wait` seconds (a place in the
+                                                        # shared queue of waiters)
     await limiter.admit(requests=1, tokens=N)           # acquire, sleeping the returned wait
     await limiter.correct_tokens(delta)                 # actual - charged: > 0 charges, < 0 refunds
     await limiter.learn(rpm, tpm)                       # x-ratelimit-limit-* (None: unchanged)
@@ -133,7 +138,7 @@ _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local s = redis.call('HMGET', KEYS[1], 'closed_until', 'learned_rpm', 'learned_tpm',
-                     'req', 'tok', 'ts', 'cooldowns')
+                     'req', 'tok', 'ts', 'cooldowns', 'next_wake')
 local closed_until = tonumber(s[1]) or 0
 local headroom = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
@@ -170,8 +175,11 @@ end
 local function show(x) if x then return num(x) end return '' end
 """
 
-# ARGV[6], ARGV[7]: requests and tokens to charge.
-# Returns {wait_us, rpm, tpm}: wait_us 0 = admitted and charged.
+# ARGV[6], ARGV[7]: requests and tokens to charge; ARGV[8]: 1 to take a place in the
+# queue of waiters when refused, 0 only to ask. Returns {wait_us, rpm, tpm}: wait_us 0 =
+# admitted and charged. A queued waiter is told to come back when the bucket will hold
+# enough for it after everyone queued before it ('next_wake' is the last place given),
+# so waiters of many processes come back one after the other instead of all at once.
 _ACQUIRE = (
     _PRELUDE
     + """
@@ -181,15 +189,23 @@ end
 local requests = tonumber(ARGV[6])
 local tokens = tonumber(ARGV[7])
 local wait = 0
+local step = 0
 if req and requests > 0 then
   local need = math.min(requests, req.cap)
+  step = need / req.rate
   if req.level < need then wait = math.max(wait, (need - req.level) / req.rate) end
 end
 if tok and tokens > 0 then
   local need = math.min(tokens, tok.cap)
+  step = math.max(step, need / tok.rate)
   if tok.level < need then wait = math.max(wait, (need - tok.level) / tok.rate) end
 end
 if wait > 0 then
+  if ARGV[8] == '1' then
+    local wake = math.max(now + wait, (tonumber(s[8]) or 0) + step)
+    redis.call('HSET', KEYS[1], 'next_wake', num(wake))
+    wait = wake - now
+  end
   return {math.max(1, math.ceil(wait * 1000000)), show(rpm), show(tpm)}
 end
 if req then req.level = req.level - requests end
@@ -297,9 +313,10 @@ class RedisLimiter:
     apply; with neither, that bucket admits everything). ``headroom`` and
     ``burst_s`` mean what they mean for the local governor. ``timeout_s``
     bounds every Redis call, ``max_wait_s`` one sleep of :meth:`admit` (a
-    longer wait is re-asked, so a cool-down ended early or a raised limit is
-    seen). ``process_ttl_s``: a process not registered for this long is no
-    longer counted.
+    longer wait is asked again, so a raised limit is seen; it should exceed
+    the queue, about ``processes / rate``, or waiters lose their places).
+    ``process_ttl_s``: a process not registered for this long is no longer
+    counted.
     """
 
     def __init__(
@@ -316,7 +333,7 @@ class RedisLimiter:
         headroom: float = 0.985,
         burst_s: float = 0.5,
         timeout_s: float = 1.0,
-        max_wait_s: float = 1.0,
+        max_wait_s: float = 10.0,
         process_ttl_s: float = 10.0,
         sleep: _Sleep = asyncio.sleep,
     ) -> None:
@@ -379,25 +396,29 @@ class RedisLimiter:
             ) from None
 
     # -- the governor's interface ------------------------------------------
-    async def acquire(self, requests: int = 1, tokens: int = 0) -> float:
+    async def acquire(self, requests: int = 1, tokens: int = 0, *, queue: bool = True) -> float:
         """Try once to charge ``requests`` and ``tokens``.
 
         Returns 0.0 when admitted (charged), else the seconds to wait before
-        asking again (nothing charged): until the bucket holds enough, or until
-        a cool-down ends.
+        asking again (nothing charged): until a cool-down ends, or until the
+        bucket holds enough after the waiters queued before this one (with
+        ``queue=False``: ignoring them, and taking no place in the queue).
+        One waiter per process at a time should queue (:meth:`admit` does).
         """
         wait_us, rpm, tpm = await self._run(
-            self._acquire, [self.bucket_key], [*self._args, requests, max(0, tokens)]
+            self._acquire,
+            [self.bucket_key],
+            [*self._args, requests, max(0, tokens), 1 if queue else 0],
         )
         self.limits = (_float_or_none(rpm), _float_or_none(tpm))
         return int(wait_us) / 1_000_000
 
     async def admit(self, requests: int = 1, tokens: int = 0) -> None:
         """Wait until admitted, sleeping exactly the waits Redis returns (each at most
-        ``max_wait_s``). Waiters of one process queue behind each other, so only
-        the first asks Redis: no herd of retries."""
+        ``max_wait_s``). Waiters of one process line up locally, so only the first
+        asks Redis and holds a place in the shared queue: no herd of retries."""
         if not self._queue.locked():
-            wait = await self.acquire(requests, tokens)
+            wait = await self.acquire(requests, tokens, queue=False)
             if wait <= 0:
                 return
         async with self._queue:
