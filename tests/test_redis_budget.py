@@ -142,11 +142,13 @@ def _check_pacing(times: Sequence[float], *, rpm: float, ended: float) -> None:
 # --------------------------------------------------------------------------- real Redis
 
 
-async def _script_calls(url: str) -> int:
+async def _script_calls_and_connections(url: str) -> tuple[int, int]:
     client = aioredis.Redis.from_url(url)
     stats = await client.info("commandstats")
+    connected = int((await client.info("clients"))["connected_clients"]) - 1
     await client.aclose()
-    return sum(int(value["calls"]) for name, value in stats.items() if "eval" in name)
+    calls = sum(int(value["calls"]) for name, value in stats.items() if "eval" in name)
+    return calls, connected
 
 
 async def test_eight_clients_share_one_budget_at_the_rate_without_a_herd(
@@ -171,8 +173,11 @@ async def test_eight_clients_share_one_budget_at_the_rate_without_a_herd(
     _check_pacing(times, rpm=rpm, ended=ended)
     assert min(per_client) > 0.05 * sum(per_client), per_client
     # Waiters come back one after the other, not all at once: about two script calls
-    # per admission (ask, come back), however many processes wait.
-    assert await _script_calls(redis_server.url) < 3.5 * len(times)
+    # per admission (ask, come back), however many processes wait; and the 32 waiting
+    # tasks did not open a connection each.
+    calls, connections = await _script_calls_and_connections(redis_server.url)
+    assert calls < 3.5 * len(times)
+    assert connections <= len(clients) * 2
 
 
 def _process_main(url: str, rpm: float, ready: Any, go: Any, end_at: Any, results: Any) -> None:
