@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "redis_binary", "redis_server"]
+__all__ = ["RedisServer", "RedisServerError", "redis_binary", "redis_server"]
 
 _START_TIMEOUT_S = 5.0
 
