@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -362,3 +363,18 @@ async def test_redis_killed_then_restarted_errors_then_recovers(
     await limiter.learn(1200.0, None)
     await limiter.acquire()
     assert limiter.limits == (1200.0, None)
+
+
+async def test_an_unreachable_redis_is_a_clear_error_without_the_password() -> None:
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limiter = RedisLimiter(f"redis://:hunter2@127.0.0.1:{port}/0", timeout_s=0.5)
+    try:
+        with pytest.raises(RedisUnavailableError) as caught:
+            await limiter.register()
+    finally:
+        await limiter.aclose()
+    message = str(caught.value)
+    assert f"redis://:***@127.0.0.1:{port}/0" in message and "hunter2" not in message
+    assert "HINT" in message and "hunter2" not in repr(limiter)

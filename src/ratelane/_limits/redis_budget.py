@@ -47,7 +47,8 @@ The interface the governor calls (all coroutines except ``processes``/``limits``
     await limiter.aclose()                              # unregister, close the connections
 
 Every Redis failure (refused, reset, timed out, server loading) surfaces as
-:class:`RedisUnavailableError`, raised within ``timeout_s``. Falling back to a
+:class:`RedisUnavailableError`, raised within ``timeout_s``; call ``register()``
+first, so an unreachable Redis is found before anything is sent. Falling back to a
 local bucket is the caller's job; :class:`FallbackPolicy` computes the share
 (1/N of the limit, N from the last :meth:`RedisLimiter.register`) and when to
 try Redis again. When it answers again, call ``register()`` and ``learn()``
@@ -62,10 +63,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -92,8 +92,6 @@ __all__ = [
     "safe_redis_url",
 ]
 
-logger = logging.getLogger("ratelane")
-
 #: Keys of one budget expire after this long without use, so abandoned budgets vanish.
 _BUCKET_TTL_S = 24 * 3600
 #: Connections per process at most: admissions go one at a time (see ``admit``), the
@@ -114,8 +112,8 @@ def budget_id(
 ) -> str:
     """32 hex digits naming one budget: blake2b of (key, organization, project, model).
 
-    Keyed hashing with a fixed personalisation; the key cannot be read back from
-    it, and the same inputs give the same id on every host and Python version.
+    BLAKE2b personalised for ratelane: the key cannot be read back from it, and
+    the same inputs give the same id on every host and Python version.
     """
     parts = (api_key or "", organization or "", project or "", model)
     joined = "\x00".join(parts).encode("utf-8")
@@ -391,15 +389,20 @@ class RedisLimiter:
         self.processes = 1
 
     # -- one translation boundary for redis-py errors ------------------------
-    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
         try:
-            return await script(keys=list(keys), args=list(args))
+            yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise RedisUnavailableError(
                 f"Redis at {safe_redis_url(self._url)} did not answer "
                 f"({type(error).__name__}). HINT: check that it runs and is reachable; "
                 "until it answers, pace locally at a share of the limit."
             ) from None
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with self._translated():
+            return await script(keys=list(keys), args=list(args))
 
     # -- the governor's interface ------------------------------------------
     async def acquire(self, requests: int = 1, tokens: int = 0, *, queue: bool = True) -> float:
@@ -445,16 +448,11 @@ class RedisLimiter:
         }
         if not fields:
             return
-        try:
+        with self._translated():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self.bucket_key, mapping=fields)  # type: ignore[arg-type]
                 pipe.expire(self.bucket_key, _BUCKET_TTL_S)
                 await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-            raise RedisUnavailableError(
-                f"Redis at {safe_redis_url(self._url)} did not answer "
-                f"({type(error).__name__}) while sharing learned limits."
-            ) from None
 
     async def cool_down(self, seconds: float) -> bool:
         """Close the budget for every process for ``seconds`` (a 429), emptying both
