@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 
 from _redis_server import RedisServer, redis_server
 from ratelane._core.errors import ConfigurationError
+from ratelane._limits.fallback import FallbackPolicy
 from ratelane._limits.redis_budget import (
-    FallbackPolicy,
     RedisLimiter,
     RedisUnavailableError,
     budget_id,

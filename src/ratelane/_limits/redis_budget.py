@@ -49,10 +49,12 @@ The interface the governor calls (all coroutines except ``processes``/``limits``
 Every Redis failure (refused, reset, timed out, server loading) surfaces as
 :class:`RedisUnavailableError`, raised within ``timeout_s``; call ``register()``
 first, so an unreachable Redis is found before anything is sent. Falling back to a
-local bucket is the caller's job; :class:`FallbackPolicy` computes the share
+local bucket is the caller's job; ``fallback.FallbackPolicy`` computes the share
 (1/N of the limit, N from the last :meth:`RedisLimiter.register`) and when to
 try Redis again. When it answers again, call ``register()`` and ``learn()``
 with the limits known (a restarted Redis has forgotten them) and use it.
+
+The Lua scripts and the state they keep are in ``redis_scripts.py``.
 
 A limiter binds to the event loop it is first used on (redis-py's asyncio
 client does): create one per run.
@@ -66,11 +68,12 @@ import hashlib
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ratelane._core.errors import ConfigurationError, RatelaneError
+
+from . import redis_scripts as scripts
 
 try:
     import redis.asyncio as aioredis
@@ -85,7 +88,6 @@ except ImportError as _missing:  # pragma: no cover - depends on the environment
     ) from _missing
 
 __all__ = [
-    "FallbackPolicy",
     "RedisLimiter",
     "RedisUnavailableError",
     "budget_id",
@@ -129,176 +131,6 @@ def safe_redis_url(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port is not None else ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-
-
-# --------------------------------------------------------------------------- scripts
-
-# Shared by the scripts that touch the levels: read the state, refill to now.
-# ARGV[1..4] of every such script: rpm ceiling, tpm ceiling (0: none), headroom, burst_s.
-_PRELUDE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local s = redis.call('HMGET', KEYS[1], 'closed_until', 'learned_rpm', 'learned_tpm',
-                     'req', 'tok', 'ts', 'cooldowns', 'next_wake')
-local closed_until = tonumber(s[1]) or 0
-local headroom = tonumber(ARGV[3])
-local burst = tonumber(ARGV[4])
-local ts = tonumber(s[6]) or now
-local elapsed = math.max(0, now - ts)
-local function limit(ceiling, learned)
-  ceiling = tonumber(ceiling) or 0
-  learned = tonumber(learned) or 0
-  if ceiling > 0 and learned > 0 then return math.min(ceiling, learned) end
-  if ceiling > 0 then return ceiling end
-  if learned > 0 then return learned end
-  return nil
-end
-local function bucket(per_minute, stored)
-  if not per_minute then return nil end
-  local rate = per_minute / 60 * headroom
-  local cap = math.max(1, rate * burst)
-  local level = tonumber(stored)
-  if level == nil then level = cap end
-  return {rate = rate, cap = cap, level = math.min(cap, level + elapsed * rate)}
-end
-local rpm = limit(ARGV[1], s[2])
-local tpm = limit(ARGV[2], s[3])
-local req = bucket(rpm, s[4])
-local tok = bucket(tpm, s[5])
-local function num(x) return string.format('%.17g', x) end
-local function save(new_ts)
-  local fields = {'ts', num(new_ts)}
-  if req then table.insert(fields, 'req'); table.insert(fields, num(req.level)) end
-  if tok then table.insert(fields, 'tok'); table.insert(fields, num(tok.level)) end
-  redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-end
-local function show(x) if x then return num(x) end return '' end
-"""
-
-# ARGV[6], ARGV[7]: requests and tokens to charge; ARGV[8]: 1 to take a place in the
-# queue of waiters when refused, 0 only to ask. Returns {wait_us, rpm, tpm}: wait_us 0 =
-# admitted and charged. A queued waiter is told to come back when the bucket will hold
-# enough for it after everyone queued before it ('next_wake' is the last place given),
-# so waiters of many processes come back one after the other instead of all at once.
-_ACQUIRE = (
-    _PRELUDE
-    + """
-if now < closed_until then
-  return {math.ceil((closed_until - now) * 1000000), show(rpm), show(tpm)}
-end
-local requests = tonumber(ARGV[6])
-local tokens = tonumber(ARGV[7])
-local wait = 0
-local step = 0
-if req and requests > 0 then
-  local need = math.min(requests, req.cap)
-  step = need / req.rate
-  if req.level < need then wait = math.max(wait, (need - req.level) / req.rate) end
-end
-if tok and tokens > 0 then
-  local need = math.min(tokens, tok.cap)
-  step = math.max(step, need / tok.rate)
-  if tok.level < need then wait = math.max(wait, (need - tok.level) / tok.rate) end
-end
-if wait > 0 then
-  if ARGV[8] == '1' then
-    local wake = math.max(now + wait, (tonumber(s[8]) or 0) + step)
-    redis.call('HSET', KEYS[1], 'next_wake', num(wake))
-    wait = wake - now
-  end
-  return {math.max(1, math.ceil(wait * 1000000)), show(rpm), show(tpm)}
-end
-if req then req.level = req.level - requests end
-if tok then tok.level = tok.level - tokens end
-save(math.max(now, ts))
-return {0, show(rpm), show(tpm)}
-"""
-)
-
-# ARGV[6]: tokens to charge (> 0) or refund (< 0). Returns the token level after.
-_CORRECT = (
-    _PRELUDE
-    + """
-if not tok then return '' end
-tok.level = math.min(tok.cap, tok.level - tonumber(ARGV[6]))
-save(math.max(now, ts))
-return num(tok.level)
-"""
-)
-
-# ARGV[6]: seconds. Empties both buckets until the budget reopens.
-# Returns {started (1/0), remaining_us, cooldowns}.
-_COOL_DOWN = (
-    _PRELUDE
-    + """
-local started = 0
-local cooldowns = tonumber(s[7]) or 0
-if closed_until <= now then
-  started = 1
-  cooldowns = cooldowns + 1
-end
-local until_ = math.max(closed_until, now + tonumber(ARGV[6]))
-if req then req.level = 0 end
-if tok then tok.level = 0 end
-redis.call('HSET', KEYS[1], 'closed_until', num(until_), 'cooldowns', cooldowns)
-save(until_)
-return {started, math.ceil((until_ - now) * 1000000), cooldowns}
-"""
-)
-
-# Returns the microseconds until the budget reopens (0: open).
-_COOLING = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local closed_until = tonumber(redis.call('HGET', KEYS[1], 'closed_until')) or 0
-return math.max(0, math.ceil((closed_until - now) * 1000000))
-"""
-
-# ARGV: process id, ttl_s. Returns the processes seen within ttl_s (this one included).
-_REGISTER = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-redis.call('EXPIRE', KEYS[1], math.ceil(ttl * 2))
-return redis.call('ZCARD', KEYS[1])
-"""
-
-
-# --------------------------------------------------------------------------- fallback
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FallbackPolicy:
-    """What a process does while Redis is out of reach.
-
-    Each of the ``N`` processes seen recently paces alone at ``limit / N``, so
-    together they stay within the limit (a process that saw no registration
-    counts itself: ``N >= 1``). Redis is tried again every ``probe_interval_s``
-    seconds; the first answer re-joins the shared budget.
-    """
-
-    probe_interval_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.probe_interval_s) and self.probe_interval_s > 0):
-            raise ConfigurationError(
-                f"probe_interval_s must be a positive number of seconds, "
-                f"got {self.probe_interval_s!r}"
-            )
-
-    @staticmethod
-    def local_limit(shared_per_minute: float | None, processes: int) -> float | None:
-        """This process's share while alone: ``shared / max(1, processes)``."""
-        if shared_per_minute is None:
-            return None
-        return shared_per_minute / max(1, processes)
-
-    def should_probe(self, *, now: float, last_probe_at: float) -> bool:
-        """Whether to try Redis again (re-join) at ``now``."""
-        return now - last_probe_at >= self.probe_interval_s
 
 
 # --------------------------------------------------------------------------- limiter
@@ -377,11 +209,11 @@ class RedisLimiter:
             health_check_interval=0,
         )
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._correct = self._redis.register_script(_CORRECT)
-        self._cool_down = self._redis.register_script(_COOL_DOWN)
-        self._cooling = self._redis.register_script(_COOLING)
-        self._register = self._redis.register_script(_REGISTER)
+        self._acquire = self._redis.register_script(scripts.ACQUIRE)
+        self._correct = self._redis.register_script(scripts.CORRECT)
+        self._cool_down = self._redis.register_script(scripts.COOL_DOWN)
+        self._cooling = self._redis.register_script(scripts.COOLING)
+        self._register = self._redis.register_script(scripts.REGISTER)
         self._queue = asyncio.Lock()
         #: The limits (per minute) in force at the last answer: ``(rpm, tpm)``, None = none.
         self.limits: tuple[float | None, float | None] = (rpm, tpm)
