@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ratelane.testing import _command as fake_server_command
 
     from . import demo as demo_command
+    from . import merge as merge_command
     from . import run as run_command
 
     parser = argparse.ArgumentParser(
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_command.add_parser(subparsers)
     demo_command.add_parser(subparsers)
     fake_server_command.add_parser(subparsers)
+    merge_command.add_parser(subparsers)
     return parser
 
 
