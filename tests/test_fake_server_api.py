@@ -63,15 +63,21 @@ def assert_error(body: Any, *, type_: str, code: str | None, param: str | None =
 def test_public_api_is_locked() -> None:
     assert ratelane.testing.__all__ == [
         "ECHO_PREFIX",
+        "FAILED_MARKER",
         "FAULT_HEADER",
         "FAULT_KINDS",
+        "INCOMPLETE_MARKER",
         "KEEP",
         "REASONING_TOKENS",
+        "STREAM_FAULT_HEADER",
+        "STREAM_FAULT_KINDS",
+        "Background",
         "FakeOpenAI",
         "Faults",
         "Latency",
         "Ledger",
         "LedgerEntry",
+        "Streaming",
         "fake_openai",
     ]
 
@@ -364,7 +370,7 @@ async def test_store_is_a_bounded_lru(session: aiohttp.ClientSession) -> None:
         assert statuses == [200, 404]  # "b" was least recently used
 
 
-async def test_cancel_foreground_is_400_and_background_returns_it(
+async def test_cancel_foreground_is_400_and_background_is_cancelled(
     server: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
     _, fore, _ = await call(session, server, "POST", "/responses", {"model": "m", "input": "x"})
@@ -377,7 +383,7 @@ async def test_cancel_foreground_is_400_and_background_returns_it(
         session, server, "POST", "/responses", {"model": "m", "input": "x", "background": True}
     )
     status, body, _ = await call(session, server, "POST", f"/responses/{back['id']}/cancel")
-    assert (status, body["id"], body["status"]) == (200, back["id"], "completed")
+    assert (status, body["id"], body["status"]) == (200, back["id"], "cancelled")
     status, _, _ = await call(session, server, "POST", "/responses/resp_nope/cancel")
     assert status == 404
 

@@ -15,6 +15,9 @@ does not import pytest (a test-only dependency) unless the fixture is asked for.
 
 One request header forces a fault deterministically: ``x-fake-fault:`` one of
 ``quota``, ``500``, ``502``, ``503``, ``reset``, ``stall``, ``truncated``.
+On ``stream: true`` requests ``x-fake-stream-fault:`` ``cut``, ``error`` or
+``failed`` breaks the stream; ``[fake:failed]`` / ``[fake:incomplete]`` in the
+input text make a background or streamed response end that way.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ from ._app import FAULT_HEADER
 from ._bodies import ECHO_PREFIX, REASONING_TOKENS
 from ._config import FAULT_KINDS, Faults, Latency
 from ._ledger import Ledger, LedgerEntry
+from ._modes import (
+    FAILED_MARKER,
+    INCOMPLETE_MARKER,
+    STREAM_FAULT_HEADER,
+    STREAM_FAULT_KINDS,
+    Background,
+    Streaming,
+)
 from ._server import KEEP, FakeOpenAI
 
 if TYPE_CHECKING:
@@ -32,15 +43,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ECHO_PREFIX",
+    "FAILED_MARKER",
     "FAULT_HEADER",
     "FAULT_KINDS",
+    "INCOMPLETE_MARKER",
     "KEEP",
     "REASONING_TOKENS",
+    "STREAM_FAULT_HEADER",
+    "STREAM_FAULT_KINDS",
+    "Background",
     "FakeOpenAI",
     "Faults",
     "Latency",
     "Ledger",
     "LedgerEntry",
+    "Streaming",
     "fake_openai",
 ]
 

@@ -33,6 +33,7 @@ from ratelane._core.tokens import estimate_request_tokens
 from . import _bodies
 from ._config import FAULT_KINDS, ServerOptions
 from ._ledger import Ledger, LedgerEntry
+from ._longrun import LongAnswers, is_long
 from ._ratelimit import Admission, RateLimiter
 from ._store import ResponseStore, Stored
 from ._validate import CHAT_PATH, EMBEDDINGS_PATH, RESPONSES_PATH, Invalid, validate
@@ -102,6 +103,7 @@ class FakeApp:
             "openai-version": "2020-10-01",
             "openai-organization": options.organization,
         }
+        self.long = LongAnswers(options, self.store, self._ids, self._latency, _drop_connection)
         self._model_routes: dict[str, Handler] = {
             RESPONSES_PATH: self._create,
             CHAT_PATH: self._create,
@@ -118,6 +120,12 @@ class FakeApp:
         started: float,
         extra: Mapping[str, str] | None = None,
     ) -> web.Response:
+        headers = self._answer_headers(request_id, started, extra)
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _answer_headers(
+        self, request_id: str, started: float, extra: Mapping[str, str] | None
+    ) -> dict[str, str]:
         headers = self._headers.copy()
         headers["x-request-id"] = request_id
         headers["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
@@ -128,7 +136,7 @@ class FakeApp:
                 headers.update(
                     (name, value) for name, value in extra.items() if not name.startswith("x-ratel")
                 )
-        return web.Response(status=status, body=body, headers=headers)
+        return headers
 
     def _record(
         self,
@@ -225,8 +233,11 @@ class FakeApp:
         raw_model = body.get("model") if is_mapping else None
         model = raw_model if isinstance(raw_model, str) else None
         previous: Stored | None = None
+        stream_fault = None
         try:
             validate(path, body, self.options)
+            if is_long(path, body):
+                stream_fault = self.long.check(request, body)
             previous_id = body.get("previous_response_id") if path == RESPONSES_PATH else None
             if previous_id is not None:
                 previous = self.store.get(previous_id)
@@ -305,6 +316,26 @@ class FakeApp:
                 await asyncio.sleep(delay)
             return self._reply(
                 status, _ERROR_BODIES[status], request_id, started, admission.headers
+            )
+        if is_long(path, body):
+            self._record(
+                request,
+                raw,
+                200,
+                request_id,
+                model=model,
+                custom_id=custom_id,
+                fault=fault if stream_fault is None else f"stream_{stream_fault}",
+                tokens=tokens,
+            )
+            return await self.long.answer(
+                request,
+                body,
+                context_tokens=0 if previous is None else previous.context_tokens,
+                custom_id=custom_id,
+                headers=self._answer_headers(request_id, started, admission.headers),
+                fault=fault,
+                stream_fault=stream_fault,
             )
         payload, output_tokens = self._succeed(path, body, previous)
         drop = fault == "stall" and self.options.faults.stall_then == "drop"
@@ -425,18 +456,17 @@ class FakeApp:
             self._record(request, raw, 404, request_id)
             return self._reply(404, _bodies.response_not_found(response_id), request_id, started)
         if request.method == "GET":
-            status, body = 200, stored.body
+            status, body = 200, self.long.poll(stored)
         elif request.method == "DELETE":
             self.store.delete(response_id)
             status = 200
             body = orjson.dumps({"id": response_id, "object": "response", "deleted": True})
         elif stored.background:
-            # Background responses here finish before create returns, so a cancel
-            # finds a terminal response and, like the real API, returns it unchanged.
-            status, body = 200, stored.body
+            # Cancels a running one; a finished one comes back unchanged, like the real API.
+            status, body = 200, self.long.cancel(stored)
         else:
             status, body = 400, _bodies.CANCEL_SYNC_400
-        self._record(request, raw, status, request_id)
+        self._record(request, raw, status, request_id, custom_id=stored.custom_id)
         return self._reply(status, body, request_id, started)
 
     # -- admin ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from aiohttp import web
 from ._app import FakeApp
 from ._config import DEFAULT_REASONING_PREFIXES, Faults, Latency, ServerOptions
 from ._ledger import Ledger
+from ._modes import Background, Streaming
 
 __all__ = ["KEEP", "FakeOpenAI"]
 
@@ -69,8 +70,14 @@ class FakeOpenAI:
     - ``organization``: named in rate-limit messages and headers.
     - ``rate_limit_headers``: ``False`` enforces the limits but sends no
       ``x-ratelimit-*`` headers, like many OpenAI-compatible servers.
-    - ``clock``: monotonic seconds for rate limits and ledger times
-      (inject a fake clock in tests); latency always sleeps in real time.
+    - ``clock``: monotonic seconds for rate limits, ledger times and the
+      background lifecycle (inject a fake clock in tests); latency always
+      sleeps in real time.
+    - ``background``: a :class:`Background`, how ``background: true``
+      responses move ``queued -> in_progress -> completed`` (or ``failed`` /
+      ``incomplete``); polled with ``GET``, cancelled with ``/cancel``.
+    - ``streaming``: a :class:`Streaming`, the pacing (first-token latency)
+      and faults (cut, ``error``, ``response.failed``) of ``stream: true``.
     """
 
     def __init__(
@@ -93,6 +100,8 @@ class FakeOpenAI:
         organization: str = "org-fake",
         clock: Callable[[], float] = time.monotonic,
         rate_limit_headers: bool = True,
+        background: Background | None = None,
+        streaming: Streaming | None = None,
     ) -> None:
         self.options = ServerOptions(
             api_key=api_key,
@@ -112,6 +121,8 @@ class FakeOpenAI:
             organization=organization,
             clock=clock,
             rate_limit_headers=rate_limit_headers,
+            background=background if background is not None else Background(),
+            streaming=streaming if streaming is not None else Streaming(),
         )
         self._app = FakeApp(self.options)
         self._runner: web.ServerRunner | None = None

@@ -242,7 +242,7 @@ def validate(path: str, body: Any, options: ServerOptions) -> str:
         raise _wrong_type("metadata", "an object", metadata)
     _check_number(body, "temperature", 2.0)
     _check_number(body, "top_p", 1.0)
-    if body.get("stream"):
+    if body.get("stream") and path != RESPONSES_PATH:
         raise _bad(
             "The ratelane fake server does not stream; send 'stream': false.",
             "stream",

@@ -1,0 +1,167 @@
+"""Long-running answers of ``POST /v1/responses``: ``background: true`` and ``stream: true``.
+
+:class:`FakeApp` hands a create here once it is admitted (auth, validation,
+quota and rate limits done, no 5xx/reset fault drawn), and sends polls and
+cancels of background responses here too. Two checks run earlier, with the
+validation (nothing charged): :meth:`LongAnswers.check` refuses
+``background`` with ``store: false`` and draws the stream fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import _bodies
+from ._background import BackgroundJob, apply_outcome, background_store_false, pick_outcome
+from ._config import ServerOptions
+from ._modes import STREAM_FAULT_HEADER, STREAM_FAULT_KINDS, Background, StreamFaultKind
+from ._sse import response_steps, write_stream
+from ._store import ResponseStore, Stored
+from ._validate import RESPONSES_PATH, Invalid
+
+__all__ = ["LongAnswers"]
+
+_NO_ODDS = Background(failed=0.0, incomplete=0.0)
+
+
+def is_long(path: str, body: Any) -> bool:
+    """A Responses create asking for background mode or a stream."""
+    return (
+        path == RESPONSES_PATH
+        and isinstance(body, dict)
+        and bool(body.get("stream") or body.get("background"))
+    )
+
+
+class LongAnswers:
+    """Background jobs and streams of one fake server; lives on its event loop."""
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        store: ResponseStore,
+        ids: _bodies.IdMaker,
+        latency: Callable[[int], float],
+        drop: Callable[[web.BaseRequest], None],
+    ) -> None:
+        self._options = options
+        self._store = store
+        self._ids = ids
+        self._latency = latency
+        self._drop = drop
+        self._clock = options.clock
+        self._outcome_random = random.Random(f"background-{options.seed}").random
+        self._stream_random = random.Random(f"stream-faults-{options.seed}").random
+
+    def check(self, request: web.BaseRequest, body: Mapping[str, Any]) -> StreamFaultKind | None:
+        """Raise :class:`Invalid` for a refused combination; the stream fault, if any."""
+        if body.get("background") and body.get("store") is False:
+            raise Invalid(400, background_store_false(), "unsupported_value")
+        if not body.get("stream"):
+            return None
+        streaming = self._options.streaming
+        # Draw for every stream, forced or not, so forcing one does not shift the others.
+        drawn = streaming.pick(self._stream_random()) if streaming.any_random else None
+        forced = request.headers.get(STREAM_FAULT_HEADER)
+        if forced is None:
+            return drawn
+        if forced not in STREAM_FAULT_KINDS:
+            raise Invalid(
+                400,
+                _bodies.error(
+                    f"Unknown {STREAM_FAULT_HEADER} value '{forced}'. "
+                    f"Use one of: {', '.join(STREAM_FAULT_KINDS)}.",
+                    "invalid_request_error",
+                    STREAM_FAULT_HEADER,
+                    None,
+                ),
+            )
+        return forced
+
+    async def answer(
+        self,
+        request: web.BaseRequest,
+        body: Mapping[str, Any],
+        *,
+        context_tokens: int,
+        custom_id: str | None,
+        headers: Mapping[str, str],
+        fault: str | None,
+        stream_fault: StreamFaultKind | None,
+    ) -> web.StreamResponse:
+        """Create the response, store it, and answer ``queued`` or with the stream."""
+        background = bool(body.get("background"))
+        response = _bodies.response_object(
+            body,
+            ids=self._ids,
+            now=int(time.time()),
+            reasoning_model=self._options.is_reasoning_model(body["model"]),
+            context_tokens=context_tokens,
+        )
+        odds = self._options.background if background else _NO_ODDS
+        draw = self._outcome_random() if background else 1.0
+        final = apply_outcome(response, pick_outcome(body, odds, draw))
+        if fault == "stall":
+            await asyncio.sleep(self._options.faults.stall_s)
+            if self._options.faults.stall_then == "drop":
+                self._drop(request)
+                return web.Response(status=500)
+        job = self._keep(final, background, custom_id, streamed=bool(body.get("stream")))
+        if body.get("stream"):
+            if fault == "truncated":
+                stream_fault = "cut"
+            streaming = self._options.streaming
+            first_token_s = streaming.first_token_s
+            return await write_stream(
+                request,
+                headers,
+                response_steps(
+                    final,
+                    chunk_chars=streaming.chunk_chars,
+                    fault=stream_fault,
+                    background=background,
+                ),
+                first_token_s=self._latency(0) if first_token_s is None else first_token_s,
+                per_output_token_s=self._options.latency.per_output_token_s,
+                cut=stream_fault == "cut",
+                drop=self._drop,
+            )
+        assert job is not None  # not streamed, so background
+        payload = job.view(self._clock())
+        if fault == "truncated":
+            payload = payload[: len(payload) // 2]
+        return web.Response(status=200, body=payload, headers=headers)
+
+    def _keep(
+        self, final: dict[str, Any], background: bool, custom_id: str | None, *, streamed: bool
+    ) -> BackgroundJob | None:
+        """Store the response (unless ``store: false``); a job for a polled background one."""
+        usage = final.get("usage")
+        context_tokens = usage["total_tokens"] if isinstance(usage, Mapping) else 0
+        job = None
+        if background and not streamed:
+            now = self._clock()
+            timing = self._options.background
+            queued_until = now + timing.queued_s
+            job = BackgroundJob(final, queued_until, queued_until + timing.in_progress_s)
+        if final["store"] is not False:
+            self._store.put(
+                final["id"],
+                Stored(orjson.dumps(final), background, context_tokens, job, custom_id),
+            )
+        return job
+
+    def poll(self, stored: Stored) -> bytes:
+        """``GET /v1/responses/{id}``: the body as of now."""
+        return stored.body if stored.job is None else stored.job.view(self._clock())
+
+    def cancel(self, stored: Stored) -> bytes:
+        """``POST /v1/responses/{id}/cancel`` of a background response."""
+        return stored.body if stored.job is None else stored.job.cancel(self._clock())
