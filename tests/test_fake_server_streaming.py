@@ -253,3 +253,74 @@ def test_streaming_options_are_validated() -> None:
         Streaming(first_token_s=-1)
     with pytest.raises(ValueError, match="HINT: at most one outcome"):
         Streaming(cut=0.5, error=0.5, failed=0.5)
+
+
+# -- Chat Completions streams (data-only, [DONE]) ---------------------------------
+
+
+async def chat_stream(
+    session: aiohttp.ClientSession,
+    server: FakeOpenAI,
+    request: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> tuple[list[str], BaseException | None]:
+    parser = SSEParser()
+    data: list[str] = []
+    failure: BaseException | None = None
+    async with session.post(
+        server.base_url + "/chat/completions",
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": TEXT}], **request},
+        headers={"Authorization": f"Bearer {KEY}", **(headers or {})},
+    ) as response:
+        assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        try:
+            async for chunk in response.content.iter_any():
+                for event in parser.feed(chunk):
+                    assert event.event is None  # data-only events
+                    data.append(event.data)
+        except aiohttp.ClientPayloadError as exc:
+            failure = exc
+    return data, failure
+
+
+async def test_chat_stream_chunks_usage_and_done(session: aiohttp.ClientSession) -> None:
+    async with FakeOpenAI(api_key=KEY) as server:
+        data, failure = await chat_stream(
+            session, server, {"stream": True, "stream_options": {"include_usage": True}}
+        )
+    assert failure is None
+    assert data[-1] == "[DONE]"
+    chunks = [orjson.loads(item) for item in data[:-1]]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+    assert text == ECHO_PREFIX + TEXT
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert all(chunk["usage"] is None for chunk in chunks[:-1])
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 8
+
+
+async def test_chat_stream_without_usage_has_no_usage_chunk(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(api_key=KEY) as server:
+        data, _ = await chat_stream(session, server, {"stream": True})
+    chunks = [orjson.loads(item) for item in data[:-1]]
+    assert all("usage" not in chunk and chunk["choices"] for chunk in chunks)
+
+
+@pytest.mark.parametrize("kind", ["cut", "error"])
+async def test_chat_stream_faults(session: aiohttp.ClientSession, kind: str) -> None:
+    async with FakeOpenAI(api_key=KEY) as server:
+        data, failure = await chat_stream(
+            session, server, {"stream": True}, {STREAM_FAULT_HEADER: kind}
+        )
+    assert "[DONE]" not in data
+    if kind == "cut":
+        assert failure is not None
+        assert "error" not in orjson.loads(data[-1])
+    else:
+        assert failure is None
+        assert orjson.loads(data[-1])["error"]["code"] == "server_error"

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import (
     Response,
     ResponseCompletedEvent,
@@ -327,3 +327,31 @@ async def test_background_create_retrieve_and_cancel() -> None:
 
         with pytest.raises(openai.BadRequestError, match="Background mode requires"):
             await sdk.responses.create(model="gpt-4o", input="x", background=True, store=False)
+
+
+async def test_chat_stream_chunks_validate_and_carry_usage(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "stream me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk.model_dump(mode="json"))
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == "Echo: stream me"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+async def test_chat_stream_error_payload_raises(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "x"}],
+        stream=True,
+        extra_headers={STREAM_FAULT_HEADER: "error"},
+    )
+    with pytest.raises(openai.APIError, match="The server had an error"):
+        async for _ in stream:
+            pass

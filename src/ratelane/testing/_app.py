@@ -331,6 +331,7 @@ class FakeApp:
             return await self.long.answer(
                 request,
                 body,
+                path=path,
                 context_tokens=0 if previous is None else previous.context_tokens,
                 custom_id=custom_id,
                 headers=self._answer_headers(request_id, started, admission.headers),

@@ -22,9 +22,9 @@ from . import _bodies
 from ._background import BackgroundJob, apply_outcome, background_store_false, pick_outcome
 from ._config import ServerOptions
 from ._modes import STREAM_FAULT_HEADER, STREAM_FAULT_KINDS, Background, StreamFaultKind
-from ._sse import response_steps, write_stream
+from ._sse import Frame, chat_frames, chat_steps, response_frames, response_steps, write_stream
 from ._store import ResponseStore, Stored
-from ._validate import RESPONSES_PATH, Invalid
+from ._validate import CHAT_PATH, RESPONSES_PATH, Invalid
 
 __all__ = ["LongAnswers"]
 
@@ -32,12 +32,12 @@ _NO_ODDS = Background(failed=0.0, incomplete=0.0)
 
 
 def is_long(path: str, body: Any) -> bool:
-    """A Responses create asking for background mode or a stream."""
-    return (
-        path == RESPONSES_PATH
-        and isinstance(body, dict)
-        and bool(body.get("stream") or body.get("background"))
-    )
+    """A Responses create asking for background mode or a stream, or a Chat Completions stream."""
+    if not isinstance(body, dict):
+        return False
+    if path == RESPONSES_PATH:
+        return bool(body.get("stream") or body.get("background"))
+    return path == CHAT_PATH and bool(body.get("stream"))
 
 
 class LongAnswers:
@@ -90,6 +90,7 @@ class LongAnswers:
         request: web.BaseRequest,
         body: Mapping[str, Any],
         *,
+        path: str,
         context_tokens: int,
         custom_id: str | None,
         headers: Mapping[str, str],
@@ -97,6 +98,11 @@ class LongAnswers:
         stream_fault: StreamFaultKind | None,
     ) -> web.StreamResponse:
         """Create the response, store it, and answer ``queued`` or with the stream."""
+        if fault == "truncated":
+            stream_fault = "cut"
+        if path == CHAT_PATH:
+            frames = self._chat_frames(body, stream_fault)
+            return await self._stream(request, headers, frames, stream_fault)
         background = bool(body.get("background"))
         response = _bodies.response_object(
             body,
@@ -115,29 +121,55 @@ class LongAnswers:
                 return web.Response(status=500)
         job = self._keep(final, background, custom_id, streamed=bool(body.get("stream")))
         if body.get("stream"):
-            if fault == "truncated":
-                stream_fault = "cut"
-            streaming = self._options.streaming
-            first_token_s = streaming.first_token_s
-            return await write_stream(
-                request,
-                headers,
-                response_steps(
-                    final,
-                    chunk_chars=streaming.chunk_chars,
-                    fault=stream_fault,
-                    background=background,
-                ),
-                first_token_s=self._latency(0) if first_token_s is None else first_token_s,
-                per_output_token_s=self._options.latency.per_output_token_s,
-                cut=stream_fault == "cut",
-                drop=self._drop,
+            steps = response_steps(
+                final,
+                chunk_chars=self._options.streaming.chunk_chars,
+                fault=stream_fault,
+                background=background,
             )
+            return await self._stream(request, headers, response_frames(steps), stream_fault)
         assert job is not None  # not streamed, so background
         payload = job.view(self._clock())
         if fault == "truncated":
             payload = payload[: len(payload) // 2]
         return web.Response(status=200, body=payload, headers=headers)
+
+    def _chat_frames(self, body: Mapping[str, Any], fault: StreamFaultKind | None) -> list[Frame]:
+        completion = _bodies.chat_completion(
+            body,
+            ids=self._ids,
+            now=int(time.time()),
+            reasoning_model=self._options.is_reasoning_model(body["model"]),
+        )
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, Mapping) and bool(
+            stream_options.get("include_usage")
+        )
+        steps = chat_steps(
+            completion,
+            chunk_chars=self._options.streaming.chunk_chars,
+            include_usage=include_usage,
+            fault=fault,
+        )
+        return chat_frames(steps, done=fault is None)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        headers: Mapping[str, str],
+        frames: list[Frame],
+        fault: StreamFaultKind | None = None,
+    ) -> web.StreamResponse:
+        first_token_s = self._options.streaming.first_token_s
+        return await write_stream(
+            request,
+            headers,
+            frames,
+            first_token_s=self._latency(0) if first_token_s is None else first_token_s,
+            per_output_token_s=self._options.latency.per_output_token_s,
+            cut=fault == "cut",
+            drop=self._drop,
+        )
 
     def _keep(
         self, final: dict[str, Any], background: bool, custom_id: str | None, *, streamed: bool

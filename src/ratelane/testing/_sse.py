@@ -1,4 +1,4 @@
-"""Responses API streams: the event sequence of a response, and writing it paced.
+"""SSE streams: the events of a Response or chat completion, and writing them paced.
 
 The events are derived from the very Response object a non-streaming create
 would return, so ``response.completed`` carries exactly that body. Order
@@ -34,7 +34,15 @@ from ratelane._core.tokens import CHARS_PER_TOKEN
 from ._background import FAILED_ERROR, failed, with_status
 from ._modes import StreamFaultKind
 
-__all__ = ["Step", "response_steps", "write_stream"]
+__all__ = [
+    "Frame",
+    "Step",
+    "chat_frames",
+    "chat_steps",
+    "response_frames",
+    "response_steps",
+    "write_stream",
+]
 
 _EVENT_STREAM = "text/event-stream; charset=utf-8"
 
@@ -45,6 +53,10 @@ class Step:
 
     event: dict[str, Any]
     tokens: int = 0
+
+
+#: One SSE frame as sent, and the output tokens it carries (> 0 for a paced delta).
+Frame = tuple[bytes, int]
 
 
 def _event(type_: str, **fields: Any) -> dict[str, Any]:
@@ -122,44 +134,105 @@ def response_steps(
     return steps
 
 
-def _frame(event: Mapping[str, Any], sequence_number: int) -> bytes:
-    payload = orjson.dumps({**event, "sequence_number": sequence_number})
-    name: str = event["type"]
-    return b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n"
+def response_frames(steps: list[Step]) -> list[Frame]:
+    """Responses framing: ``event:`` and ``data:`` lines, ``sequence_number`` from 0."""
+    frames = []
+    for number, step in enumerate(steps):
+        payload = orjson.dumps({**step.event, "sequence_number": number})
+        name: str = step.event["type"]
+        frames.append((b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n", step.tokens))
+    return frames
+
+
+def chat_steps(
+    completion: Mapping[str, Any],
+    *,
+    chunk_chars: int,
+    include_usage: bool,
+    fault: StreamFaultKind | None = None,
+) -> list[Step]:
+    """The ``chat.completion.chunk`` sequence of a Chat Completions stream (protocol notes 5.5).
+
+    Per choice: a first chunk with the role and empty content, content chunks,
+    then an empty delta with ``finish_reason``. With ``include_usage`` every
+    chunk has ``usage: null`` and one last chunk with ``choices: []`` carries
+    the usage. A ``cut`` ends after about half the content chunks; ``error``
+    and ``failed`` (there is no ``response.failed`` here) end there with a
+    data payload holding an ``error`` object, which the SDK raises.
+    """
+    base = {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion["model"],
+        "service_tier": completion["service_tier"],
+        "system_fingerprint": completion["system_fingerprint"],
+    }
+    if include_usage:
+        base["usage"] = None
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None, tokens: int = 0) -> Step:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return Step({**base, "choices": [choice]}, tokens)
+
+    steps = []
+    for choice in completion["choices"]:
+        index, text = choice["index"], choice["message"]["content"]
+        steps.append(chunk(index, {"role": "assistant", "content": "", "refusal": None}, None))
+        for start in range(0, len(text), chunk_chars):
+            delta = text[start : start + chunk_chars]
+            steps.append(chunk(index, {"content": delta}, None, -(-len(delta) // CHARS_PER_TOKEN)))
+        steps.append(chunk(index, {}, choice["finish_reason"]))
+    if fault is None:
+        if include_usage:
+            steps.append(Step({**base, "choices": [], "usage": completion["usage"]}))
+        return steps
+    deltas = [i for i, step in enumerate(steps) if step.tokens]
+    steps = steps[: deltas[len(deltas) // 2] if deltas else 1]
+    if fault != "cut":
+        steps.append(Step({"error": {"type": "server_error", "param": None, **FAILED_ERROR}}))
+    return steps
+
+
+def chat_frames(steps: list[Step], *, done: bool) -> list[Frame]:
+    """Chat Completions framing: ``data:`` lines only, then ``data: [DONE]`` when ``done``."""
+    frames = [(b"data: " + orjson.dumps(step.event) + b"\n\n", step.tokens) for step in steps]
+    if done:
+        frames.append((b"data: [DONE]\n\n", 0))
+    return frames
 
 
 async def write_stream(
     request: web.BaseRequest,
     headers: Mapping[str, str],
-    steps: list[Step],
+    frames: list[Frame],
     *,
     first_token_s: float,
     per_output_token_s: float,
     cut: bool,
     drop: Callable[[web.BaseRequest], None],
 ) -> web.StreamResponse:
-    """Send ``steps`` as SSE; the first delta waits ``first_token_s``, each later one its tokens.
+    """Send ``frames`` as SSE; the first delta waits ``first_token_s``, each later one its tokens.
 
     Events between two waits go out in one write. ``cut`` drops the
     connection after the last step instead of ending the stream.
     """
     response = web.StreamResponse(status=200, headers=headers)
-    response.content_type = "text/event-stream"
     response.headers["Content-Type"] = _EVENT_STREAM
     response.headers["Cache-Control"] = "no-cache"
     await response.prepare(request)
     pending = bytearray()
     seen_delta = False
-    for number, step in enumerate(steps):
-        if step.tokens:
-            wait = per_output_token_s * step.tokens if seen_delta else first_token_s
+    for frame, tokens in frames:
+        if tokens:
+            wait = per_output_token_s * tokens if seen_delta else first_token_s
             seen_delta = True
             if wait > 0:
                 if pending:
                     await response.write(bytes(pending))
                     pending.clear()
                 await asyncio.sleep(wait)
-        pending += _frame(step.event, number)
+        pending += frame
     if pending:
         await response.write(bytes(pending))
     if cut:
