@@ -6,6 +6,7 @@ by moving the clock, never by sleeping.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,9 @@ from ratelane.testing import (
     INCOMPLETE_MARKER,
     Background,
     FakeOpenAI,
+    Streaming,
 )
+from ratelane.testing._command import _server_from_args, add_parser
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -247,3 +250,19 @@ def test_background_options_are_validated(options: dict[str, Any], message: str)
 def test_server_options_refuse_a_wrong_type() -> None:
     with pytest.raises(TypeError, match="background must be a Background"):
         FakeOpenAI(background={"queued_s": 1})  # type: ignore[arg-type]
+
+
+def test_fake_server_command_builds_the_long_running_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["fake-server", "--background-queued-s", "0.5", "--background-s", "3",
+         "--background-fail-rate", "0.1", "--background-incomplete-rate", "0.2",
+         "--first-token-s", "0.25", "--stream-cut-rate", "0.3", "--stream-error-rate", "0.1",
+         "--stream-failed-rate", "0.05"]
+    )  # fmt: skip
+    options = _server_from_args(args).options
+    assert options.background == Background(0.5, 3.0, failed=0.1, incomplete=0.2)
+    assert options.streaming == Streaming(first_token_s=0.25, cut=0.3, error=0.1, failed=0.05)
+    defaults = _server_from_args(parser.parse_args(["fake-server"])).options
+    assert (defaults.background, defaults.streaming) == (Background(), Streaming())

@@ -21,6 +21,7 @@ import orjson
 from ratelane._core.argtypes import non_negative_float, positive_float, probability
 
 from ._config import Faults, Latency
+from ._modes import Background, Streaming
 from ._server import FakeOpenAI
 
 __all__ = ["add_parser", "run"]
@@ -67,6 +68,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed for faults, latency and ids (default 0)")
     add("--no-rate-limit-headers", dest="rate_limit_headers", action="store_false",
         help="enforce limits, send no x-ratelimit-* headers (as many servers do)")  # fmt: skip
+    # Long-running answers: background lifecycle and streams (see _modes).
+    add("--background-queued-s", type=non_negative_float, default=0.05,
+        help="seconds a background response stays queued (default 0.05)")  # fmt: skip
+    add("--background-s", type=non_negative_float, default=0.2,
+        help="seconds a background response stays in_progress (default 0.2)")  # fmt: skip
+    add("--background-fail-rate", type=probability, default=0.0,
+        help="probability a background response ends failed")  # fmt: skip
+    add("--background-incomplete-rate", type=probability, default=0.0,
+        help="probability a background response ends incomplete")  # fmt: skip
+    add("--first-token-s", type=non_negative_float, default=None,
+        help="seconds to the first streamed delta (default: --latency)")  # fmt: skip
+    add("--stream-cut-rate", type=probability, default=0.0,
+        help="probability a stream is cut mid-way")  # fmt: skip
+    add("--stream-error-rate", type=probability, default=0.0,
+        help="probability a stream ends with an error event")  # fmt: skip
+    add("--stream-failed-rate", type=probability, default=0.0,
+        help="probability a stream ends with response.failed")  # fmt: skip
     parser.set_defaults(handler=run)
     return parser
 
@@ -100,6 +118,18 @@ def _server_from_args(args: argparse.Namespace) -> FakeOpenAI:
         store_limit=args.store_limit,
         rate_limit_headers=args.rate_limit_headers,
         ledger_limit=args.ledger_limit,
+        background=Background(
+            queued_s=args.background_queued_s,
+            in_progress_s=args.background_s,
+            failed=args.background_fail_rate,
+            incomplete=args.background_incomplete_rate,
+        ),
+        streaming=Streaming(
+            first_token_s=args.first_token_s,
+            cut=args.stream_cut_rate,
+            error=args.stream_error_rate,
+            failed=args.stream_failed_rate,
+        ),
     )
 
 
