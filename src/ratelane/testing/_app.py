@@ -9,7 +9,9 @@ Order of checks on a model request (``POST /v1/responses``,
 auth (401) -> JSON (400) -> validation (400/404) -> fault draw -> quota
 (429 ``insufficient_quota``) -> rate limits (429) -> reset / 5xx / stall /
 truncated -> success. Validation errors and quota refusals do not touch the
-rate limits; everything after admission has been charged.
+rate limits; everything after admission has been charged. Background and
+streamed creates take the same path up to the success, which ``_longrun``
+answers (``queued``, or the SSE stream).
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ quota and rate limits done, no 5xx/reset fault drawn), and sends polls and
 cancels of background responses here too. Two checks run earlier, with the
 validation (nothing charged): :meth:`LongAnswers.check` refuses
 ``background`` with ``store: false`` and draws the stream fault.
+
+A request with both ``background`` and ``stream`` streams (starting with
+``response.queued``) and is stored finished: it has no polled lifecycle, and
+``GET ?stream=true&starting_after=`` (resuming a background stream) is not
+implemented. Chaining onto a background response that is still running is
+allowed here; what the real API answers then is unverified.
 """
 
 from __future__ import annotations

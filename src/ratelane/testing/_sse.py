@@ -138,9 +138,11 @@ def response_frames(steps: list[Step]) -> list[Frame]:
     """Responses framing: ``event:`` and ``data:`` lines, ``sequence_number`` from 0."""
     frames = []
     for number, step in enumerate(steps):
-        payload = orjson.dumps({**step.event, "sequence_number": number})
-        name: str = step.event["type"]
-        frames.append((b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n", step.tokens))
+        event = step.event
+        event["sequence_number"] = number  # each event dict is built for this stream only
+        name: str = event["type"]
+        frame = b"event: " + name.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+        frames.append((frame, step.tokens))
     return frames
 
 
