@@ -18,6 +18,7 @@ from ratelane.testing import (
     INCOMPLETE_MARKER,
     STREAM_FAULT_HEADER,
     FakeOpenAI,
+    Faults,
     Latency,
     Streaming,
 )
@@ -324,3 +325,14 @@ async def test_chat_stream_faults(session: aiohttp.ClientSession, kind: str) -> 
     else:
         assert failure is None
         assert orjson.loads(data[-1])["error"]["code"] == "server_error"
+
+
+async def test_a_stalled_stream_that_drops_is_recorded_as_unanswered(
+    session: aiohttp.ClientSession,
+) -> None:
+    faults = Faults(stall_s=0.05, stall_then="drop")
+    async with FakeOpenAI(api_key=KEY, faults=faults) as server:
+        with pytest.raises(aiohttp.ClientError):
+            await stream(session, server, body(), {FAULT_HEADER: "stall"})
+        (entry,) = server.ledger.entries
+    assert (entry.status, entry.fault) == (0, "stall")

@@ -320,10 +320,11 @@ class FakeApp:
                 status, _ERROR_BODIES[status], request_id, started, admission.headers
             )
         if is_long(path, body):
+            dropped = fault == "stall" and self.options.faults.stall_then == "drop"
             self._record(
                 request,
                 raw,
-                200,
+                0 if dropped else 200,
                 request_id,
                 model=model,
                 custom_id=custom_id,
