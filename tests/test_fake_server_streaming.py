@@ -9,8 +9,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ratelane._http.sse import SSEParser
+from ratelane._http.sse import SSEParser, parse_events
 from ratelane.testing import (
     ECHO_PREFIX,
     FAILED_MARKER,
@@ -22,6 +24,9 @@ from ratelane.testing import (
     Latency,
     Streaming,
 )
+from ratelane.testing._bodies import IdMaker, response_object
+from ratelane.testing._modes import StreamFaultKind
+from ratelane.testing._sse import response_frames, response_steps
 
 KEY = "sk-test-0123456789abcdef"
 TEXT = "stream this answer please"
@@ -336,3 +341,40 @@ async def test_a_stalled_stream_that_drops_is_recorded_as_unanswered(
             await stream(session, server, body(), {FAULT_HEADER: "stall"})
         (entry,) = server.ledger.entries
     assert (entry.status, entry.fault) == (0, "stall")
+
+
+# -- the event builder alone, with the client's parser ------------------------------
+
+
+@given(
+    text=st.text(max_size=60),
+    chunk_chars=st.integers(1, 9),
+    reasoning=st.booleans(),
+    fault=st.sampled_from([None, "cut", "error", "failed"]),
+)
+def test_built_streams_parse_back_in_order(
+    text: str, chunk_chars: int, reasoning: bool, fault: StreamFaultKind | None
+) -> None:
+    request = {"model": "o3" if reasoning else "gpt-4o", "input": text}
+    final = response_object(request, ids=IdMaker(0), now=0, reasoning_model=reasoning)
+    steps = response_steps(final, chunk_chars=chunk_chars, fault=fault)
+    payload = b"".join(frame for frame, _ in response_frames(steps))
+    events = [(event.event or "", event.json()) for event in parse_events(payload)]
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    assert all(name == data["type"] for name, data in events)
+    deltas = "".join(data["delta"] for name, data in events if name.endswith("text.delta"))
+    full = ECHO_PREFIX + text
+    if fault is None:
+        assert deltas == full
+        assert events[-1] == ("response.completed", {**events[-1][1], "response": final})
+    else:
+        # Cut before the middle delta, then nothing (cut) or the failure.
+        sent = sum(name.endswith("text.delta") for name, _ in events)
+        assert sent == -(-len(full) // chunk_chars) // 2
+        assert full.startswith(deltas)
+        terminal = {"response.completed", "response.incomplete", "response.failed"}
+        if fault == "cut":
+            assert not terminal & {name for name, _ in events}
+        else:
+            assert events[-1][0] == "response.failed"
+            assert (events[-2][0] == "error") == (fault == "error")
