@@ -339,8 +339,13 @@ async def test_a_stalled_stream_that_drops_is_recorded_as_unanswered(
     async with FakeOpenAI(api_key=KEY, faults=faults) as server:
         with pytest.raises(aiohttp.ClientError):
             await stream(session, server, body(), {FAULT_HEADER: "stall"})
-        (entry,) = server.ledger.entries
-    assert (entry.status, entry.fault) == (0, "stall")
+        with pytest.raises(aiohttp.ClientError):
+            await chat_stream(session, server, {"stream": True}, {FAULT_HEADER: "stall"})
+        entries = server.ledger.entries
+    assert [(e.path, e.status, e.fault) for e in entries] == [
+        ("/v1/responses", 0, "stall"),
+        ("/v1/chat/completions", 0, "stall"),
+    ]
 
 
 # -- the event builder alone, with the client's parser ------------------------------

@@ -103,7 +103,17 @@ class LongAnswers:
         fault: str | None,
         stream_fault: StreamFaultKind | None,
     ) -> web.StreamResponse:
-        """Create the response, store it, and answer ``queued`` or with the stream."""
+        """Create the response, store it, and answer ``queued`` or with the stream.
+
+        Of the plain faults, only ``stall`` and ``truncated`` get here: a stall
+        holds the request first (then drops it or answers), a truncated stream
+        is a cut one, a truncated background create is half its JSON.
+        """
+        if fault == "stall":
+            await asyncio.sleep(self._options.faults.stall_s)
+            if self._options.faults.stall_then == "drop":
+                self._drop(request)
+                return web.Response(status=500)
         if fault == "truncated":
             stream_fault = "cut"
         if path == CHAT_PATH:
@@ -120,11 +130,6 @@ class LongAnswers:
         odds = self._options.background if background else _NO_ODDS
         draw = self._outcome_random() if background else 1.0
         final = apply_outcome(response, pick_outcome(body, odds, draw))
-        if fault == "stall":
-            await asyncio.sleep(self._options.faults.stall_s)
-            if self._options.faults.stall_then == "drop":
-                self._drop(request)
-                return web.Response(status=500)
         job = self._keep(final, background, custom_id, streamed=bool(body.get("stream")))
         if body.get("stream"):
             steps = response_steps(
