@@ -63,18 +63,24 @@ def assert_error(body: Any, *, type_: str, code: str | None, param: str | None =
 def test_public_api_is_locked() -> None:
     assert ratelane.testing.__all__ == [
         "ECHO_PREFIX",
+        "FAILED_MARKER",
         "FAULT_HEADER",
         "FAULT_KINDS",
+        "INCOMPLETE_MARKER",
         "KEEP",
         "REASONING_TOKENS",
+        "STREAM_FAULT_HEADER",
+        "STREAM_FAULT_KINDS",
         "TIER_5",
         "TIER_5_LIMITS",
+        "Background",
         "BatchOptions",
         "FakeOpenAI",
         "Faults",
         "Latency",
         "Ledger",
         "LedgerEntry",
+        "Streaming",
         "fake_openai",
     ]
 
@@ -372,7 +378,7 @@ async def test_store_is_a_bounded_lru(session: aiohttp.ClientSession) -> None:
         assert statuses == [200, 404]  # "b" was least recently used
 
 
-async def test_cancel_foreground_is_400_and_background_returns_it(
+async def test_cancel_foreground_is_400_and_background_is_cancelled(
     server: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
     _, fore, _ = await call(session, server, "POST", "/responses", {"model": "m", "input": "x"})
@@ -385,7 +391,7 @@ async def test_cancel_foreground_is_400_and_background_returns_it(
         session, server, "POST", "/responses", {"model": "m", "input": "x", "background": True}
     )
     status, body, _ = await call(session, server, "POST", f"/responses/{back['id']}/cancel")
-    assert (status, body["id"], body["status"]) == (200, back["id"], "completed")
+    assert (status, body["id"], body["status"]) == (200, back["id"], "cancelled")
     status, _, _ = await call(session, server, "POST", "/responses/resp_nope/cancel")
     assert status == 404
 

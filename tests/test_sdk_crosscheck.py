@@ -14,10 +14,16 @@ from pathlib import Path
 import openai
 import pytest
 from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion
-from openai.types.responses import Response
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseFailedEvent,
+    ResponseStreamEvent,
+)
+from pydantic import TypeAdapter
 
-from ratelane.testing import FAULT_HEADER, FakeOpenAI, Faults
+from ratelane.testing import FAULT_HEADER, STREAM_FAULT_HEADER, Background, FakeOpenAI, Faults
 
 KEY = "sk-sdk-test-0123456789"
 
@@ -327,3 +333,138 @@ async def test_batch_cancel_and_failure_parse_with_the_sdk(tmp_path: Path) -> No
         assert batch.errors.data is not None
         [error] = batch.errors.data
         assert (error.code, error.line) == ("invalid_json_line", 1)
+
+
+# -- background mode and streaming (issue 12) -----------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_STREAM_EVENT = TypeAdapter(ResponseStreamEvent)
+
+
+async def test_stream_events_validate_and_yield_the_final_response(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    events = []
+    async with await client.responses.create(
+        model="gpt-5-mini", input="Say hi", stream=True
+    ) as stream:
+        async for event in stream:
+            _STREAM_EVENT.validate_python(event.model_dump(mode="json"))
+            events.append(event)
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert isinstance(events[-1], ResponseCompletedEvent)
+    final = events[-1].response
+    Response.model_validate(final.model_dump(mode="json"))
+    assert final.output_text == "Echo: Say hi"
+    assert await client.responses.retrieve(final.id) == final
+
+
+async def test_stream_helper_accumulates_the_same_text(client: openai.AsyncOpenAI) -> None:
+    # The SDK's helper rebuilds the response from the deltas, checking item ids and indexes.
+    async with client.responses.stream(model="gpt-4o", input="stream me") as stream:
+        deltas = [
+            event.delta async for event in stream if event.type == "response.output_text.delta"
+        ]
+        final = await stream.get_final_response()
+    assert "".join(deltas) == final.output_text == "Echo: stream me"
+
+
+async def test_nested_error_event_raises_api_error(client: openai.AsyncOpenAI) -> None:
+    stream = await client.responses.create(
+        model="gpt-4o",
+        input="x",
+        stream=True,
+        extra_headers={STREAM_FAULT_HEADER: "error"},
+    )
+    with pytest.raises(openai.APIError, match="The server had an error"):
+        async for _ in stream:
+            pass
+
+
+async def test_failed_stream_is_a_response_failed_event(client: openai.AsyncOpenAI) -> None:
+    stream = await client.responses.create(
+        model="gpt-4o", input="x", stream=True, extra_headers={STREAM_FAULT_HEADER: "failed"}
+    )
+    events = [event async for event in stream]
+    assert isinstance(events[-1], ResponseFailedEvent)
+    assert events[-1].response.status == "failed"
+    assert events[-1].response.error is not None
+
+
+async def test_cut_stream_raises_while_iterating(client: openai.AsyncOpenAI) -> None:
+    stream = await client.responses.create(
+        model="gpt-4o", input="x" * 40, stream=True, extra_headers={STREAM_FAULT_HEADER: "cut"}
+    )
+    seen: list[str] = []
+
+    async def read() -> None:
+        async for event in stream:
+            seen.append(event.type)
+
+    with pytest.raises(openai.APIConnectionError):
+        await read()
+    assert seen[:2] == ["response.created", "response.in_progress"]
+    assert "response.completed" not in seen
+
+
+async def test_background_create_retrieve_and_cancel() -> None:
+    clock = _Clock()
+    async with (
+        FakeOpenAI(api_key=KEY, clock=clock, background=Background(1.0, 2.0)) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+    ):
+        created = await sdk.responses.create(model="gpt-5-mini", input="think", background=True)
+        assert (created.status, created.background, created.output) == ("queued", True, [])
+        Response.model_validate(created.model_dump(mode="json"))
+        clock.now = 1.5
+        running = await sdk.responses.retrieve(created.id)
+        assert running.status == "in_progress"
+        Response.model_validate(running.model_dump(mode="json"))
+        clock.now = 3.0
+        done = await sdk.responses.retrieve(created.id)
+        Response.model_validate(done.model_dump(mode="json"))
+        assert (done.status, done.output_text) == ("completed", "Echo: think")
+
+        other = await sdk.responses.create(model="gpt-4o", input="stop", background=True)
+        cancelled = await sdk.responses.cancel(other.id)
+        Response.model_validate(cancelled.model_dump(mode="json"))
+        assert cancelled.status == "cancelled"
+
+        with pytest.raises(openai.BadRequestError, match="Background mode requires"):
+            await sdk.responses.create(model="gpt-4o", input="x", background=True, store=False)
+
+
+async def test_chat_stream_chunks_validate_and_carry_usage(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "stream me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk.model_dump(mode="json"))
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == "Echo: stream me"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+async def test_chat_stream_error_payload_raises(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "x"}],
+        stream=True,
+        extra_headers={STREAM_FAULT_HEADER: "error"},
+    )
+    with pytest.raises(openai.APIError, match="The server had an error"):
+        async for _ in stream:
+            pass

@@ -23,6 +23,9 @@ sets its durations, expiry and enqueued-token limits, and
 
 One request header forces a fault deterministically: ``x-fake-fault:`` one of
 ``quota``, ``500``, ``502``, ``503``, ``reset``, ``stall``, ``truncated``.
+On ``stream: true`` requests ``x-fake-stream-fault:`` ``cut``, ``error`` or
+``failed`` breaks the stream; ``[fake:failed]`` / ``[fake:incomplete]`` in the
+input text make a background or streamed response end that way.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ from ._batch_options import BatchOptions
 from ._bodies import ECHO_PREFIX, REASONING_TOKENS
 from ._config import FAULT_KINDS, TIER_5, TIER_5_LIMITS, Faults, Latency
 from ._ledger import Ledger, LedgerEntry
+from ._modes import (
+    FAILED_MARKER,
+    INCOMPLETE_MARKER,
+    STREAM_FAULT_HEADER,
+    STREAM_FAULT_KINDS,
+    Background,
+    Streaming,
+)
 from ._server import KEEP, FakeOpenAI
 
 if TYPE_CHECKING:
@@ -41,18 +52,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ECHO_PREFIX",
+    "FAILED_MARKER",
     "FAULT_HEADER",
     "FAULT_KINDS",
+    "INCOMPLETE_MARKER",
     "KEEP",
     "REASONING_TOKENS",
+    "STREAM_FAULT_HEADER",
+    "STREAM_FAULT_KINDS",
     "TIER_5",
     "TIER_5_LIMITS",
+    "Background",
     "BatchOptions",
     "FakeOpenAI",
     "Faults",
     "Latency",
     "Ledger",
     "LedgerEntry",
+    "Streaming",
     "fake_openai",
 ]
 

@@ -9,7 +9,9 @@ Order of checks on a model request (``POST /v1/responses``,
 auth (401) -> JSON (400) -> validation (400/404) -> fault draw -> quota
 (429 ``insufficient_quota``) -> rate limits (429) -> reset / 5xx / stall /
 truncated -> success. Validation errors and quota refusals do not touch the
-rate limits; everything after admission has been charged.
+rate limits; everything after admission has been charged. Background and
+streamed creates take the same path up to the success, which ``_longrun``
+answers (``queued``, or the SSE stream).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ._batches import Batches
 from ._config import FAULT_KINDS, TIER_5, ServerOptions
 from ._files_store import FileStore
 from ._ledger import Ledger, LedgerEntry
+from ._longrun import LongAnswers, is_long
 from ._ratelimit import Admission, RateLimits
 from ._store import ResponseStore, Stored
 from ._validate import CHAT_PATH, EMBEDDINGS_PATH, RESPONSES_PATH, Invalid, validate
@@ -113,6 +116,7 @@ class FakeApp:
             "openai-version": "2020-10-01",
             "openai-organization": options.organization,
         }
+        self.long = LongAnswers(options, self.store, self._ids, self._latency, _drop_connection)
         self._model_routes: dict[str, Handler] = {
             RESPONSES_PATH: self._create,
             CHAT_PATH: self._create,
@@ -137,15 +141,21 @@ class FakeApp:
         started: float,
         extra: Mapping[str, str] | None = None,
     ) -> web.Response:
+        headers = self._answer_headers(request_id, started, extra)
+        if status >= 400 and self.options.error_body == "text":
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+            body = _dialects.text_error_body(body, status)
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _answer_headers(
+        self, request_id: str, started: float, extra: Mapping[str, str] | None
+    ) -> dict[str, str]:
         headers = self._headers.copy()
         headers[self.options.request_id_header] = request_id
         headers["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
         if extra:
             headers.update(extra)
-        if status >= 400 and self.options.error_body == "text":
-            headers["Content-Type"] = "text/plain; charset=utf-8"
-            body = _dialects.text_error_body(body, status)
-        return web.Response(status=status, body=body, headers=headers)
+        return headers
 
     def _record(
         self,
@@ -243,8 +253,11 @@ class FakeApp:
         custom_id = _custom_id(body) if is_mapping else None
         raw_model = body.get("model") if is_mapping else None
         model = raw_model if isinstance(raw_model, str) else None
+        stream_fault = None
         try:
             previous = self._check(path, body)
+            if is_long(path, body):
+                stream_fault = self.long.check(request, body)
             fault = self._pick_fault(request)
         except Invalid as invalid:
             self._record(
@@ -326,6 +339,28 @@ class FakeApp:
                 await asyncio.sleep(delay)
             return self._reply(
                 status, _ERROR_BODIES[status], request_id, started, admission.headers
+            )
+        if is_long(path, body):
+            dropped = fault == "stall" and self.options.faults.stall_then == "drop"
+            self._record(
+                request,
+                raw,
+                0 if dropped else 200,
+                request_id,
+                model=model,
+                custom_id=custom_id,
+                fault=fault if stream_fault is None else f"stream_{stream_fault}",
+                tokens=tokens,
+            )
+            return await self.long.answer(
+                request,
+                body,
+                path=path,
+                context_tokens=0 if previous is None else previous.context_tokens,
+                custom_id=custom_id,
+                headers=self._answer_headers(request_id, started, admission.headers),
+                fault=fault,
+                stream_fault=stream_fault,
             )
         payload, output_tokens = self._succeed(path, body, previous)
         drop = fault == "stall" and self.options.faults.stall_then == "drop"
@@ -467,18 +502,17 @@ class FakeApp:
             self._record(request, raw, 404, request_id)
             return self._reply(404, _bodies.response_not_found(response_id), request_id, started)
         if request.method == "GET":
-            status, body = 200, stored.body
+            status, body = 200, self.long.poll(stored)
         elif request.method == "DELETE":
             self.store.delete(response_id)
             status = 200
             body = orjson.dumps({"id": response_id, "object": "response", "deleted": True})
         elif stored.background:
-            # Background responses here finish before create returns, so a cancel
-            # finds a terminal response and, like the real API, returns it unchanged.
-            status, body = 200, stored.body
+            # Cancels a running one; a finished one comes back unchanged, like the real API.
+            status, body = 200, self.long.cancel(stored)
         else:
             status, body = 400, _bodies.CANCEL_SYNC_400
-        self._record(request, raw, status, request_id)
+        self._record(request, raw, status, request_id, custom_id=stored.custom_id)
         return self._reply(status, body, request_id, started)
 
     # -- Batch API: files and batches (see _batch_routes, _batches) -------------

@@ -22,6 +22,7 @@ from ratelane._core.argtypes import non_negative_float, positive_float, probabil
 
 from ._batch_options import BatchOptions
 from ._config import TIER_5, Faults, Latency, Limit
+from ._modes import Background, Streaming
 from ._server import FakeOpenAI
 
 __all__ = ["add_parser", "run"]
@@ -110,6 +111,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="wording of a rejected parameter's 400 (default openai)")  # fmt: skip
     gateway.add_argument("--request-id-header", default="x-request-id",
         help="header carrying the request id, e.g. x-litellm-call-id")  # fmt: skip
+    # Long-running answers: background lifecycle and streams (see _modes).
+    add("--background-queued-s", type=non_negative_float, default=0.05,
+        help="seconds a background response stays queued (default 0.05)")  # fmt: skip
+    add("--background-s", type=non_negative_float, default=0.2,
+        help="seconds a background response stays in_progress (default 0.2)")  # fmt: skip
+    add("--background-fail-rate", type=probability, default=0.0,
+        help="probability a background response ends failed")  # fmt: skip
+    add("--background-incomplete-rate", type=probability, default=0.0,
+        help="probability a background response ends incomplete")  # fmt: skip
+    add("--first-token-s", type=non_negative_float, default=None,
+        help="seconds to the first streamed delta (default: --latency)")  # fmt: skip
+    add("--stream-cut-rate", type=probability, default=0.0,
+        help="probability a stream is cut mid-way")  # fmt: skip
+    add("--stream-error-rate", type=probability, default=0.0,
+        help="probability a stream ends with an error event")  # fmt: skip
+    add("--stream-failed-rate", type=probability, default=0.0,
+        help="probability a stream ends with response.failed")  # fmt: skip
     parser.set_defaults(handler=run)
     return parser
 
@@ -155,6 +173,18 @@ def _server_from_args(args: argparse.Namespace) -> FakeOpenAI:
         error_body=args.error_body,
         unsupported_params=args.unsupported_params,
         request_id_header=args.request_id_header,
+        background=Background(
+            queued_s=args.background_queued_s,
+            in_progress_s=args.background_s,
+            failed=args.background_fail_rate,
+            incomplete=args.background_incomplete_rate,
+        ),
+        streaming=Streaming(
+            first_token_s=args.first_token_s,
+            cut=args.stream_cut_rate,
+            error=args.stream_error_rate,
+            failed=args.stream_failed_rate,
+        ),
     )
 
 

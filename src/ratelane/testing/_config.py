@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Literal
 
 from ._batch_options import BatchOptions
+from ._modes import Background, Streaming
 
 __all__ = [
     "DEFAULT_REASONING_PREFIXES",
@@ -254,6 +255,9 @@ class ServerOptions:
     error_body: ErrorBody = "json"
     unsupported_params: UnsupportedParams = "openai"
     request_id_header: str = "x-request-id"
+    # Long-running answers (background lifecycle, SSE streams): see ``_modes``.
+    background: Background = field(default_factory=Background)
+    streaming: Streaming = field(default_factory=Streaming)
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -269,6 +273,10 @@ class ServerOptions:
             raise TypeError(f"latency must be a Latency, got {type(self.latency).__name__}")
         if not isinstance(self.faults, Faults):
             raise TypeError(f"faults must be a Faults, got {type(self.faults).__name__}")
+        if not isinstance(self.background, Background):
+            raise TypeError(f"background must be a Background, got {self.background!r}")
+        if not isinstance(self.streaming, Streaming):
+            raise TypeError(f"streaming must be a Streaming, got {self.streaming!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.store_limit < 0:

@@ -30,6 +30,7 @@ from ._config import (
     Window,
 )
 from ._ledger import Ledger
+from ._modes import Background, Streaming
 
 __all__ = ["KEEP", "FakeOpenAI"]
 
@@ -112,6 +113,14 @@ class FakeOpenAI:
       ``"litellm"`` (400 ``code: "400"``, ``litellm.UnsupportedParamsError: ...``).
     - ``request_id_header``: the header carrying the request id
       (``"x-litellm-call-id"`` for LiteLLM).
+    - ``clock``: monotonic seconds for rate limits, ledger times and the
+      background lifecycle (inject a fake clock in tests); latency always
+      sleeps in real time.
+    - ``background``: a :class:`Background`, how ``background: true``
+      responses move ``queued -> in_progress -> completed`` (or ``failed`` /
+      ``incomplete``); polled with ``GET``, cancelled with ``/cancel``.
+    - ``streaming``: a :class:`Streaming`, the pacing (first-token latency)
+      and faults (cut, ``error``, ``response.failed``) of ``stream: true``.
     """
 
     def __init__(
@@ -142,6 +151,8 @@ class FakeOpenAI:
         error_body: ErrorBody = "json",
         unsupported_params: UnsupportedParams = "openai",
         request_id_header: str = "x-request-id",
+        background: Background | None = None,
+        streaming: Streaming | None = None,
     ) -> None:
         self.options = ServerOptions(
             api_key=api_key,
@@ -169,6 +180,8 @@ class FakeOpenAI:
             error_body=error_body,
             unsupported_params=unsupported_params,
             request_id_header=request_id_header,
+            background=background if background is not None else Background(),
+            streaming=streaming if streaming is not None else Streaming(),
         )
         self._app = FakeApp(self.options)
         self._runner: web.ServerRunner | None = None

@@ -1,20 +1,34 @@
-"""Stored Responses for retrieve, delete and ``previous_response_id``: a bounded LRU."""
+"""Stored Responses for retrieve, delete and ``previous_response_id``: a bounded LRU.
+
+Only Responses created without ``store: false`` are put here, so chaining onto
+a ``store: false`` parent meets the same 404 ``previous_response_not_found``
+as an unknown id, like the real API (the parent was never kept).
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ._background import BackgroundJob
+
 __all__ = ["ResponseStore", "Stored"]
 
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """A stored Response: its wire bytes, and what chaining onto it costs in input tokens."""
+    """A stored Response: its wire bytes, and what chaining onto it costs in input tokens.
+
+    ``job`` is set for a polled background response: its current state comes
+    from the job, not from ``body``. ``custom_id`` (``metadata.custom_id`` of
+    the create) labels polls and cancels in the ledger.
+    """
 
     body: bytes
     background: bool
     context_tokens: int
+    job: BackgroundJob | None = None
+    custom_id: str | None = None
 
 
 class ResponseStore:

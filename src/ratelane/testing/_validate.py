@@ -242,12 +242,6 @@ def validate(path: str, body: Any, options: ServerOptions) -> str:
         raise _wrong_type("metadata", "an object", metadata)
     _check_number(body, "temperature", 2.0)
     _check_number(body, "top_p", 1.0)
-    if body.get("stream"):
-        raise _bad(
-            "The ratelane fake server does not stream; send 'stream': false.",
-            "stream",
-            "unsupported_value",
-        )
     if path == RESPONSES_PATH:
         _check_int(body, "max_output_tokens", 16)
         previous = body.get("previous_response_id")
