@@ -279,7 +279,7 @@ def check_input(path: Path, *, max_reported: int = 10) -> ValidationReport:
 
 def empty_input(path: Path) -> InvalidInputError:
     return InvalidInputError(
-        f"INPUT {path} holds no requests (it is empty or has only blank lines). "
+        f"INPUT holds no requests: {path} is empty or has only blank lines. "
         "HINT: check that you passed the right file"
     )
 
