@@ -194,18 +194,30 @@ async def test_an_unchanged_input_is_not_validated_again_and_any_change_is(
     assert (third.skipped, third.succeeded) == (30, 5)
 
 
-def test_a_damaged_sidecar_means_validate_again(tmp_path: Path) -> None:
+def test_the_sidecar_digests_only_a_racy_input_and_damage_means_validate_again(
+    tmp_path: Path,
+) -> None:
+    import time
+
     from ratelane._files.input import ValidationReport
-    from ratelane._files.validated import Fingerprint, load_report, save_report
+    from ratelane._files.validated import RACY_S, Fingerprint, load_report, save_report
 
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(source, 5)
     report = ValidationReport(str(source), 5, (), 0, 42)
-    save_report(output, source, report, Fingerprint.of(source))
+    now = time.time_ns()
+    # Written just now: a coarse clock could hide a later edit, so every byte is hashed.
+    save_report(output, source, report, Fingerprint.of(source), began_ns=now)
+    assert orjson.loads(sidecar_path(output).read_bytes())["fingerprint"]["digest"]
     remembered = load_report(output, source)
     assert remembered is not None
     assert (remembered.lines, remembered.estimated_tokens) == (5, 42)
+    # Written long before validation began: the stat is proof enough, no digest.
+    later = now + int((RACY_S + 60) * 1e9)
+    save_report(output, source, report, Fingerprint.of(source), began_ns=later)
+    assert orjson.loads(sidecar_path(output).read_bytes())["fingerprint"]["digest"] is None
+    assert load_report(output, source) is not None
     assert load_report(output, tmp_path / "other.jsonl") is None  # another INPUT
-    for damage in (b"", b"{", b"[]", b'{"version": 1}', b'{"version": 99}'):
+    for damage in (b"", b"{", b"[]", b'{"version": 2}', b'{"version": 99}'):
         sidecar_path(output).write_bytes(damage)
         assert load_report(output, source) is None, damage

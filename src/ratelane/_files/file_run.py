@@ -24,6 +24,7 @@ import concurrent.futures
 import enum
 import functools
 import os
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,13 +378,14 @@ class FileRun:
         remembered = load_report(self.output_path, self.input_path)
         if remembered is not None:
             return remembered, False
+        began_ns = time.time_ns()
         try:
-            fingerprint = Fingerprint.of(self.input_path)
+            before: Fingerprint | None = Fingerprint.of(self.input_path)
         except OSError:
-            fingerprint = None  # check_input says what is wrong with the path
+            before = None  # check_input says what is wrong with the path
         report = check_input(self.input_path)
-        if report.lines and fingerprint is not None:
-            save_report(self.output_path, self.input_path, report, fingerprint)
+        if report.lines and before is not None:
+            save_report(self.output_path, self.input_path, report, before, began_ns=began_ns)
         return report, True
 
     async def run(self) -> FileRunSummary:
