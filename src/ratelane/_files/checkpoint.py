@@ -25,11 +25,11 @@ last HTTP response when there was one, else ``null``.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import re
 import time
-import uuid
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -66,8 +66,25 @@ _DUMP_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 # --------------------------------------------------------------------------- line shapes
 
 
+# Line ids have the Batch API's shape, ``batch_req_`` and 32 hex digits: 80 random
+# bits per process, then a counter. Unique like uuid4 (~4 us a line) at ~0.4 us.
+_LINE_ID_PREFIX = ""
+_line_numbers = itertools.count()
+
+
+def _reseed_line_ids() -> None:
+    """A fresh random prefix (at import, and in a forked child, which must not share it)."""
+    global _LINE_ID_PREFIX, _line_numbers
+    _LINE_ID_PREFIX = "batch_req_" + os.urandom(10).hex()
+    _line_numbers = itertools.count()
+
+
+_reseed_line_ids()
+os.register_at_fork(after_in_child=_reseed_line_ids)
+
+
 def _new_line_id() -> str:
-    return "batch_req_" + uuid.uuid4().hex
+    return f"{_LINE_ID_PREFIX}{next(_line_numbers):012x}"
 
 
 def _dump(line: dict[str, Any]) -> bytes:
@@ -236,7 +253,7 @@ def _fast_success_id(raw: bytes) -> str | None:
     # Quotes inside JSON strings are escaped, so the last unescaped '"error":' key
     # is the top-level one; the body before it cannot fake this tail.
     tail = raw.rfind(b',"error":')
-    if tail < 0 or not raw.startswith(_SUCCESS_TAIL, tail) or b'"error"' in raw[tail + 9 :]:
+    if tail < 0 or not raw.startswith(_SUCCESS_TAIL, tail) or raw.find(b'"error"', tail + 9) >= 0:
         return None
     try:
         return head.group(1).decode()

@@ -24,6 +24,7 @@ import concurrent.futures
 import enum
 import functools
 import os
+import re
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,12 +34,18 @@ from typing import Any, ParamSpec, TypeVar
 from ratelane._api.client import Client
 from ratelane._core.config import Price, RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError
-from ratelane._core.models import LatencySample, Request, Result, RunStats
+from ratelane._core.models import SUPPORTED_PATHS, LatencySample, Request, Result, RunStats
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
 from .checkpoint import DoneSet, OutputLock, ResultWriter
-from .input import ValidationReport, iter_batch_requests, validate_batch_file
+from .input import (
+    ValidationReport,
+    validate_batch_file,
+)
+from .input import _line_problems as line_problems
+from .input import _numbered_lines as numbered_lines
+from .input import _parse as parse_line
 from .progress import Progress
 from .validated import Fingerprint, load_report, save_report
 
@@ -210,6 +217,61 @@ class _EngineRun:
 # --------------------------------------------------------------------------- reading INPUT
 
 
+#: A line that begins with its ``custom_id`` (the usual layout of Batch files) gives
+#: it up without a JSON parse, so a resume skips done lines cheaply. Trusted only
+#: when the line names "custom_id" once (a duplicate key would be ambiguous).
+_LEADING_ID = re.compile(rb'\{\s*"custom_id"\s*:\s*"([^"\\]+)"')
+
+
+def _leading_id(raw: bytes) -> str | None:
+    head = _LEADING_ID.match(raw)
+    if head is None or raw.count(b'"custom_id"') != 1:
+        return None
+    try:
+        return head.group(1).decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _requests(
+    path: Path, done: DoneSet, default_model: str | None
+) -> Iterator[tuple[int, Request]]:
+    """``(line_number, Request)`` for each line of INPUT without a success in ``done``.
+
+    INPUT was validated, so each line gets only the checks that keep a request
+    well-formed (one parse, a few type tests); a line that fails them means
+    INPUT changed since: :class:`InputError` with the line number and the
+    validator's full message.
+    """
+    skipping = len(done) > 0
+    for number, raw in numbered_lines(path):
+        if skipping:
+            custom_id = _leading_id(raw)
+            if custom_id is not None and custom_id in done:
+                continue
+        obj, problem = parse_line(raw)
+        if problem is not None:
+            raise InputError(problem, line=number)
+        if type(obj) is dict:
+            custom_id = obj.get("custom_id")
+            url = obj.get("url")
+            body = obj.get("body")
+            if (
+                type(custom_id) is str
+                and custom_id
+                and type(body) is dict
+                and url in SUPPORTED_PATHS
+                and obj.get("method") == "POST"
+            ):
+                if skipping and custom_id in done:
+                    continue
+                if default_model is not None and "model" not in body:
+                    body = {"model": default_model, **body}
+                yield number, Request(body, custom_id, url)
+                continue
+        raise InputError("; ".join(line_problems(obj, number)), line=number)
+
+
 class _Feed:
     """The requests still to send, read lazily from INPUT as the workers pull."""
 
@@ -223,8 +285,7 @@ class _Feed:
         default_model: str | None,
         on_exhausted: Callable[[int], None],
     ) -> None:
-        skip = done.__contains__ if len(done) else None
-        self._lines = iter_batch_requests(path, skip=skip, default_model=default_model)
+        self._lines = _requests(path, done, default_model)
         self._on_exhausted = on_exhausted
         self.sent = 0
         self.exhausted = False
@@ -234,14 +295,14 @@ class _Feed:
 
     def __next__(self) -> tuple[int, Request]:
         try:
-            line = next(self._lines)
+            item = next(self._lines)
         except StopIteration:
             if not self.exhausted:
                 self.exhausted = True
                 self._on_exhausted(self.sent)
             raise
         self.sent += 1
-        return line.line_number, Request(line.body, line.custom_id, line.path)
+        return item
 
 
 def check_paths(input_path: Path, output_path: Path, errors_path: Path) -> None:
