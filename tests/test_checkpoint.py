@@ -184,7 +184,7 @@ def test_repair_reads_backwards_across_blocks(tmp_path: Path) -> None:
     assert path.read_bytes() == line_of("a")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     ids=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=8),
     cut=st.floats(min_value=0, max_value=1),
