@@ -324,10 +324,14 @@ def check_paths(input_path: Path, output_path: Path, errors_path: Path) -> None:
             )
 
 
-def check_input(path: Path, *, max_reported: int = 10) -> ValidationReport:
+def check_input(
+    path: Path, *, max_reported: int = 10, estimate_tokens: bool = True
+) -> ValidationReport:
     """Validate INPUT; raise :class:`InvalidInputError` if it cannot be read or has problems."""
     try:
-        report = validate_batch_file(path, max_reported=max_reported)
+        report = validate_batch_file(
+            path, max_reported=max_reported, estimate_tokens=estimate_tokens
+        )
     except FileNotFoundError:
         raise InvalidInputError(f"INPUT {path} does not exist") from None
     except IsADirectoryError:
@@ -444,7 +448,7 @@ class FileRun:
             before: Fingerprint | None = Fingerprint.of(self.input_path)
         except OSError:
             before = None  # check_input says what is wrong with the path
-        report = check_input(self.input_path)
+        report = check_input(self.input_path, estimate_tokens=False)  # a run needs no estimate
         if report.lines and before is not None:
             save_report(self.output_path, self.input_path, report, before, began_ns=began_ns)
         return report, True
