@@ -33,6 +33,8 @@ import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -316,14 +318,9 @@ class DoneSet:
         self, custom_ids: Iterable[str] = (), *, hash_function: Callable[[str], int] = hash
     ) -> None:
         hash_of = int64_hash_function(hash_function)
-        collected = array("q", (hash_of(custom_id) for custom_id in custom_ids))
-        hashes = array("q")
-        previous: int | None = None
-        for value in iter_sorted_int64(collected):
-            if value != previous:
-                hashes.append(value)
-                previous = value
-        self._hashes = hashes
+        collected = array("q", map(hash_of, custom_ids))
+        # Sorted, each value once; groupby/itemgetter keep the loop in C.
+        self._hashes = array("q", map(itemgetter(0), groupby(iter_sorted_int64(collected))))
         self._hash_function = hash_of
 
     @classmethod
