@@ -221,3 +221,16 @@ def test_the_sidecar_digests_only_a_racy_input_and_damage_means_validate_again(
     for damage in (b"", b"{", b"[]", b'{"version": 2}', b'{"version": 99}'):
         sidecar_path(output).write_bytes(damage)
         assert load_report(output, source) is None, damage
+
+
+async def test_stop_before_sending_begins_sends_nothing(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(source, 10)
+    file_run = FileRun(source, output, options=FileRunOptions(**options(fake_openai)))
+    file_run.stop()  # e.g. Ctrl-C while INPUT is still being validated
+    summary = await file_run.run()
+    assert summary.reason is ExitReason.STOPPED
+    assert (summary.succeeded, summary.not_sent) == (0, 10)
+    assert fake_openai.ledger.total == 0

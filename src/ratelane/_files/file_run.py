@@ -275,7 +275,7 @@ def _requests(
 class _Feed:
     """The requests still to send, read lazily from INPUT as the workers pull."""
 
-    __slots__ = ("_lines", "_on_exhausted", "exhausted", "sent")
+    __slots__ = ("_lines", "_on_exhausted", "exhausted", "sent", "stopped")
 
     def __init__(
         self,
@@ -289,11 +289,14 @@ class _Feed:
         self._on_exhausted = on_exhausted
         self.sent = 0
         self.exhausted = False
+        self.stopped = False
 
     def __iter__(self) -> _Feed:
         return self
 
     def __next__(self) -> tuple[int, Request]:
+        if self.stopped:  # FileRun.stop(): hand out nothing more (INPUT is not exhausted)
+            raise StopIteration
         try:
             item = next(self._lines)
         except StopIteration:
@@ -389,6 +392,8 @@ class FileRun:
     def stop(self) -> None:
         """Send no new requests; those in flight finish and are written. Idempotent."""
         self._stop_requested = True
+        if self._feed is not None:
+            self._feed.stopped = True
         if self._engine_run is not None:
             self._engine_run.stop()
 
@@ -488,12 +493,11 @@ class FileRun:
     ) -> tuple[RunStats, tuple[str, str] | None]:
         engine_run = _EngineRun(client)
         self._engine_run = engine_run
-        if self._stop_requested:
-            engine_run.stop()
         bar = self._progress_bar(max(0, report.lines - len(done)))
         feed = _Feed(
             self.input_path, done, default_model=self.options.model, on_exhausted=bar.exhausted
         )
+        feed.stopped = self._stop_requested  # stop() before sending began: send nothing
         self._feed = feed
         write = writer.write
         on_result = self._on_result
