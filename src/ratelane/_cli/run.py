@@ -1,16 +1,15 @@
-"""``ratelane run``: send every request of a Batch-format file, checkpointed and resumable.
+"""``ratelane run``: a thin shell over :class:`ratelane.FileRun` (``_files/file_run.py``).
 
-The order of a run, each step able to stop it before anything is sent::
-
-    API key present -> options valid -> INPUT valid (streamed, every line)
-    -> lock OUTPUT -> repair a torn last line -> read OUTPUT's successes
-    -> send the rest (engine), appending each result as it completes
-    -> fsync, summary, exit code
+The file run (validation, lock, resume, checkpointing, fsync) is the
+library's; this module only parses flags, checks the API key is in the
+environment, owns the terminal (progress bar, signals, summary text) and maps
+the :class:`FileRunSummary` to an exit code.
 
 Signals: the first SIGINT/SIGTERM stops admitting new requests and gives
 those in flight ``GRACE_S`` seconds; a second one (or the end of the grace)
-cancels them. Either way every line already written is whole, the files are
-fsync-ed, and the command to resume is printed.
+cancels them (``FileRun.stop()`` then ``FileRun.abort()``). Either way every
+line already written is whole, the files are fsync-ed, and the command to
+resume is printed.
 """
 
 from __future__ import annotations
