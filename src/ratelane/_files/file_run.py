@@ -383,6 +383,7 @@ class FileRun:
         self._engine_run: _EngineRun | None = None
         self._task: asyncio.Future[RunStats] | None = None
         self._feed: _Feed | None = None
+        self._started = False
         self._stop_requested = False
         self._abandoned: int | None = None
         self._stop_status: int | None = None
@@ -467,11 +468,13 @@ class FileRun:
         OUTPUT; in each case nothing was sent. A fatal stop is not raised: it
         is ``reason=FATAL`` in the summary, with the cause.
         """
-        if self._task is not None:
+        if self._started:
             raise RuntimeError("a FileRun runs once; create another to resume")
+        self._started = True
         client = self._client()
         check_paths(self.input_path, self.output_path, self.errors_path)
-        report, revalidated = self._validated()
+        # In a worker thread: seconds on a big file, and the loop stays free (signals, UIs).
+        report, revalidated = await asyncio.to_thread(self._validated)
         if report.lines == 0:
             raise empty_input(self.input_path)
         with (
@@ -482,7 +485,7 @@ class FileRun:
                 fsync_interval_s=self.options.fsync_interval_s,
             ) as writer,
         ):
-            done = DoneSet.from_output(self.output_path)
+            done = await asyncio.to_thread(DoneSet.from_output, self.output_path)
             async with client:
                 stats, fatal = await self._send(client, writer, done, report)
                 governor = self._engine_run.governor if self._engine_run else None
