@@ -133,7 +133,7 @@ def main() -> None:
         print(f"input: {lines:,} lines, {size_mb:,.0f} MB ({time.perf_counter() - began:.1f} s)")
 
         server_argv = [sys.executable, "-m", "ratelane", "fake-server", "--port", "0",
-                       "--ledger-limit", "0", "--store-limit", "1"]  # fmt: skip
+                       "--ledger-limit", "0", "--store-limit", "1", "--unlimited"]  # fmt: skip
         with subprocess.Popen(server_argv, stdout=subprocess.PIPE, text=True) as server:
             try:
                 assert server.stdout is not None

@@ -21,7 +21,7 @@ NAME = "huge_file"
 SCRIPT = BENCH_DIR / "cli_scale.py"
 TIME_LIMIT_S = 1_800
 RSS_TARGET_MB = 200
-RESUME_TARGET_S = 10
+RESUME_TARGET_S = 2
 
 
 def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:

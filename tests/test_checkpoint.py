@@ -184,7 +184,7 @@ def test_repair_reads_backwards_across_blocks(tmp_path: Path) -> None:
     assert path.read_bytes() == line_of("a")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     ids=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=8),
     cut=st.floats(min_value=0, max_value=1),
@@ -439,3 +439,16 @@ def test_done_set_fast_path_agrees_with_a_full_parse(tmp_path: Path) -> None:
         assert custom_id in done
     assert "failed" not in done
     assert len(done) == 5
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 15, 16, 17, 33, 1000])
+def test_done_set_finds_ids_at_every_bucket_edge(count: int) -> None:
+    # Hashes at both ends of the int64 range and spread between them.
+    step = ((1 << 64) - 1) // max(count, 1)
+    values = {f"id-{n}": -(1 << 63) + n * step for n in range(count)}
+    values["top"] = (1 << 63) - 1
+    values["absent"] = 12345
+    done = DoneSet([*list(values)[:count], "top"], hash_function=values.__getitem__)
+    assert all(f"id-{n}" in done for n in range(count))
+    assert "top" in done
+    assert ("absent" in done) == (12345 in [values[f"id-{n}"] for n in range(count)])

@@ -177,7 +177,7 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
     rng = random.Random(seed)
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
-    ids = write_input(source, 2000)
+    ids = write_input(source, 1000)
     argv = command("run", source, "-o", output, "--max-concurrency", "32")
     fake = FakeOpenAI(api_key=KEY, latency=Latency(0.004, sigma=0.5), seed=seed)
     with fake.run_in_thread() as server:
@@ -189,7 +189,7 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
         running.kill()
         for kill in range(3):
             have = line_count(output)
-            target = have + rng.randrange(1, 500)
+            target = have + rng.randrange(1, 250)
             running = start(argv, env)
             wait_until(
                 has_lines(output, target),
@@ -236,7 +236,7 @@ def test_sigint_stops_cleanly_prints_the_resume_command_and_resume_completes(
 ) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
-    ids = write_input(source, 1500)
+    ids = write_input(source, 600)
     with FakeOpenAI(api_key=KEY, latency=0.02).run_in_thread() as server:
         env = cli_env(server)
         running = start(command("run", source, "-o", output, "--max-concurrency", "8"), env)

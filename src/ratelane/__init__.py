@@ -6,6 +6,7 @@ Public API (everything else is private)::
     results = await ratelane.arun_many(prompts, model="gpt-4.1-mini")
     async for result in ratelane.iter_results(prompts, model="gpt-4.1-mini"): ...
     async with ratelane.Client() as client: await client.create({...})
+    summary = ratelane.run_file("requests.jsonl", "results.jsonl", model="gpt-4.1-mini")
 """
 
 from ._api.client import Client, Results
@@ -24,6 +25,14 @@ from ._core.errors import (
 )
 from ._core.models import ErrorInfo, Request, Result, RunStats, Usage
 from ._engine.retry import backoff_wait
+from ._files.file_run import (
+    ExitReason,
+    FileRun,
+    FileRunOptions,
+    FileRunSummary,
+    arun_file,
+    run_file,
+)
 
 __version__ = "0.1.0"
 
@@ -33,7 +42,11 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "ErrorInfo",
+    "ExitReason",
     "FatalError",
+    "FileRun",
+    "FileRunOptions",
+    "FileRunSummary",
     "InputError",
     "OutputLockedError",
     "Price",
@@ -48,10 +61,12 @@ __all__ = [
     "TransportError",
     "Usage",
     "__version__",
+    "arun_file",
     "arun_many",
     "backoff_wait",
     "format_duration",
     "iter_results",
     "parse_duration",
+    "run_file",
     "run_many",
 ]

@@ -1,16 +1,15 @@
-"""``ratelane run``: send every request of a Batch-format file, checkpointed and resumable.
+"""``ratelane run``: a thin shell over :class:`ratelane.FileRun` (``_files/file_run.py``).
 
-The order of a run, each step able to stop it before anything is sent::
-
-    API key present -> options valid -> INPUT valid (streamed, every line)
-    -> lock OUTPUT -> repair a torn last line -> read OUTPUT's successes
-    -> send the rest (engine), appending each result as it completes
-    -> fsync, summary, exit code
+The file run (validation, lock, resume, checkpointing, fsync) is the
+library's; this module only parses flags, checks the API key is in the
+environment, owns the terminal (progress bar, signals, summary text) and maps
+the :class:`FileRunSummary` to an exit code.
 
 Signals: the first SIGINT/SIGTERM stops admitting new requests and gives
 those in flight ``GRACE_S`` seconds; a second one (or the end of the grace)
-cancels them. Either way every line already written is whole, the files are
-fsync-ed, and the command to resume is printed.
+cancels them (``FileRun.stop()`` then ``FileRun.abort()``). Either way every
+line already written is whole, the files are fsync-ed, and the command to
+resume is printed.
 """
 
 from __future__ import annotations
@@ -23,31 +22,35 @@ import os
 import shlex
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ratelane._api.client import Client
 from ratelane._core.argtypes import positive_float, positive_int
 from ratelane._core.config import RetryPolicy
-from ratelane._core.errors import ConfigurationError, FatalError, InputError, OutputLockedError
-from ratelane._core.models import Request, Result, RunStats
-from ratelane._engine.run import Run
-from ratelane._files.checkpoint import DoneSet, OutputLock, ResultWriter
-from ratelane._files.input import (
-    BatchLine,
-    ValidationReport,
-    iter_batch_requests,
-    validate_batch_file,
+from ratelane._core.errors import ConfigurationError, InputError, OutputLockedError
+from ratelane._files.checkpoint import DoneSet
+from ratelane._files.file_run import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    ExitReason,
+    FileRun,
+    FileRunOptions,
+    FileRunSummary,
+    InvalidInputError,
+    check_input,
+    check_paths,
+    default_errors_path,
+    empty_input,
 )
+from ratelane._files.input import iter_batch_requests
 from ratelane._http.wire import DEFAULT_BASE_URL
 
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .summary import RunSummary, format_summary, progress_postfix
+from .summary import RunSummary, format_summary, stop_cause
 
 __all__ = [
     "GRACE_S",
@@ -60,20 +63,7 @@ __all__ = [
 
 #: Seconds requests already in flight may take to finish after the first SIGINT/SIGTERM.
 GRACE_S = 10.0
-#: Seconds between fsyncs of OUTPUT and ERRORS (and always at the end).
-FSYNC_INTERVAL_S = 1.0
-#: Seconds between updates of the progress bar's ok/failed/limits text.
-POSTFIX_INTERVAL_S = 0.25
-DEFAULT_MAX_CONCURRENCY = 256
 DEFAULT_MAX_ATTEMPTS = RetryPolicy().max_attempts
-DEFAULT_TIMEOUT_S = 600.0
-
-_FATAL_HINTS = {
-    "invalid_api_key": "check OPENAI_API_KEY (and OPENAI_BASE_URL)",
-    "insufficient_quota": "add credit or raise the limit on the account's billing page",
-    "billing_hard_limit_reached": "raise the account's spending limit",
-    "error_streak": "read the errors file to see why every request failed the same way",
-}
 
 _EPILOG = f"""\
 INPUT is the OpenAI Batch API format: one JSON object a line, e.g.
@@ -132,11 +122,6 @@ class RunSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     progress: bool = False
     resume_command: str | None = None
-
-
-def default_errors_path(output_path: Path) -> Path:
-    """``out.jsonl`` -> ``out.errors.jsonl``, in OUTPUT's directory."""
-    return output_path.with_name(output_path.stem + ".errors.jsonl")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -284,10 +269,6 @@ def _say(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """``ratelane run``: exit code per the epilog."""
     settings = _settings(args)
-    problem = _path_problem(settings)
-    if problem is not None:
-        _say(problem)
-        return EXIT_USAGE
     if args.dry_run:
         return _dry_run(settings)
     api_key = os.environ.get("OPENAI_API_KEY", "").strip()
@@ -301,47 +282,18 @@ def run(args: argparse.Namespace) -> int:
     return run_batch(settings, api_key=api_key)
 
 
-def _path_problem(settings: RunSettings) -> str | None:
-    paths = {
-        "INPUT": settings.input_path,
-        "OUTPUT": settings.output_path,
-        "ERRORS": settings.errors_path,
-    }
-    resolved = {name: os.path.realpath(path) for name, path in paths.items()}
-    for first, second in (("INPUT", "OUTPUT"), ("INPUT", "ERRORS"), ("OUTPUT", "ERRORS")):
-        if resolved[first] == resolved[second]:
-            return (
-                f"{first} and {second} are the same file ({paths[first]}). "
-                f"HINT: give {second} another name"
-            )
-    if settings.output_path.is_dir():
-        return f"OUTPUT {settings.output_path} is a directory. HINT: name a file in it"
-    for name in ("OUTPUT", "ERRORS"):
-        directory = paths[name].parent
-        if not directory.is_dir():
-            return f"{name}'s directory {directory} does not exist. HINT: create it first"
-    return None
-
-
-def _validate(path: Path) -> ValidationReport | None:
-    """The report for INPUT, or ``None`` (after saying why) if it cannot be read."""
-    try:
-        return validate_batch_file(path, max_reported=10)
-    except FileNotFoundError:
-        _say(f"INPUT {path} does not exist")
-    except IsADirectoryError:
-        _say(f"INPUT {path} is a directory; give a .jsonl file")
-    except OSError as exc:
-        _say(f"cannot read INPUT {path}: {exc.strerror or exc}")
-    return None
-
-
 def _dry_run(settings: RunSettings) -> int:
-    report = _validate(settings.input_path)
-    if report is None:
+    try:
+        check_paths(settings.input_path, settings.output_path, settings.errors_path)
+        report = check_input(settings.input_path)
+    except ConfigurationError as exc:
+        _say(str(exc))
         return EXIT_USAGE
-    if not report.ok:
-        print(report.describe(), file=sys.stderr)
+    except InvalidInputError as exc:
+        _report_invalid(exc)
+        return EXIT_USAGE
+    if report.lines == 0:
+        _say(str(empty_input(settings.input_path)))
         return EXIT_USAGE
     done = DoneSet.from_output(settings.output_path)
     to_send = report.lines
@@ -365,205 +317,89 @@ def _dry_run(settings: RunSettings) -> int:
     return EXIT_OK
 
 
+def _report_invalid(exc: InvalidInputError) -> None:
+    if exc.report is not None:
+        print(exc.report.describe(), file=sys.stderr)
+        _say("nothing was sent")
+    else:
+        _say(str(exc))
+
+
 # --------------------------------------------------------------------------- one run
 
 
 def run_batch(settings: RunSettings, *, api_key: str) -> int:
-    """Validate, lock, resume and send; print the summary; return the exit code.
+    """Run the file through :class:`FileRun`; print the summary; return the exit code.
 
     Shared by ``ratelane run`` and ``ratelane demo``.
     """
     try:
-        client = Client(
+        options = FileRunOptions(
             api_key=api_key,
             base_url=settings.base_url,
+            model=settings.model,
             rpm=settings.rpm,
             tpm=settings.tpm,
             max_concurrency=settings.max_concurrency,
             retry=RetryPolicy(max_attempts=settings.max_attempts),
             timeout_s=settings.timeout_s,
+            progress=settings.progress,
         )
     except ConfigurationError as exc:
         _say(str(exc))
         return EXIT_USAGE
-    report = _validate(settings.input_path)
-    if report is None:
+    file_run = FileRun(
+        settings.input_path,
+        settings.output_path,
+        errors=settings.errors_path,
+        options=options,
+    )
+    try:
+        with _log_to_stderr():
+            summary = asyncio.run(_drive(file_run))
+    except (ConfigurationError, OutputLockedError) as exc:
+        _say(f"{exc} Nothing was sent." if isinstance(exc, OutputLockedError) else str(exc))
         return EXIT_USAGE
-    if not report.ok:
-        print(report.describe(), file=sys.stderr)
-        _say("nothing was sent")
+    except InvalidInputError as exc:
+        _report_invalid(exc)
         return EXIT_USAGE
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(OutputLock(settings.output_path))
-            writer = stack.enter_context(
-                ResultWriter(
-                    settings.output_path, settings.errors_path, fsync_interval_s=FSYNC_INTERVAL_S
-                )
-            )
-        except (OutputLockedError, ConfigurationError) as exc:
-            _say(f"{exc} Nothing was sent.")
-            return EXIT_USAGE
-        except OSError as exc:
-            _say(
-                f"cannot open {exc.filename or 'OUTPUT'}: {exc.strerror or exc}. Nothing was sent."
-            )
-            return EXIT_USAGE
-        stack.enter_context(_log_to_stderr())
-        done = DoneSet.from_output(settings.output_path)
-        outcome = asyncio.run(_drive(client, settings, report, writer, done))
-    return _finish(settings, report, outcome)
-
-
-@dataclass(slots=True)
-class _Outcome:
-    stats: RunStats
-    skipped: int
-    exhausted: bool
-    signals: int
-    cancelled: bool
-    abandoned: int
-    fatal: FatalError | None
-    error: BaseException | None
-    learned_rpm: float | None
-    learned_tpm: float | None
-
-
-class _Feed:
-    """The requests still to send, read lazily from INPUT as the engine's workers pull.
-
-    Counts the lines skipped as already done and the requests handed out;
-    ``on_exhausted`` runs once when INPUT has been read to the end.
-    """
-
-    __slots__ = ("_done", "_lines", "_on_exhausted", "exhausted", "sent", "skipped")
-
-    def __init__(
-        self,
-        path: Path,
-        done: DoneSet,
-        *,
-        default_model: str | None,
-        on_exhausted: Callable[[_Feed], None],
-    ) -> None:
-        self._done = done
-        self._on_exhausted = on_exhausted
-        self._lines: Iterator[BatchLine] = iter_batch_requests(
-            path, skip=self._skip, default_model=default_model
-        )
-        self.skipped = 0
-        self.sent = 0
-        self.exhausted = False
-
-    def _skip(self, custom_id: str) -> bool:
-        if custom_id in self._done:
-            self.skipped += 1
-            return True
-        return False
-
-    def __iter__(self) -> _Feed:
-        return self
-
-    def __next__(self) -> tuple[int, Request]:
-        try:
-            line = next(self._lines)
-        except StopIteration:
-            if not self.exhausted:
-                self.exhausted = True
-                self._on_exhausted(self)
-            raise
-        self.sent += 1
-        return line.line_number, line.to_request()
-
-
-class _Progress:
-    """The tqdm bar on stderr: one tick per result, the postfix text every POSTFIX_INTERVAL_S."""
-
-    def __init__(self, run: Run, *, total: int, enabled: bool) -> None:
-        self._run = run
-        self._enabled = enabled
-        self._next_postfix = 0.0
-        self.bar = tqdm(
-            total=total,
-            unit="req",
-            file=sys.stderr,
-            disable=not enabled,
-            dynamic_ncols=True,
-            mininterval=0.25,
-            smoothing=0.05,
-        )
-
-    def tick(self) -> None:
-        if not self._enabled:
-            return
-        now = time.monotonic()
-        if now >= self._next_postfix:
-            # Before update(), so the refresh it may trigger shows current counts.
-            self._next_postfix = now + POSTFIX_INTERVAL_S
-            self.bar.set_postfix_str(self.postfix(), refresh=False)
-        self.bar.update(1)
-
-    def postfix(self) -> str:
-        stats = self._run.stats
-        governor = self._run.engine.governor
-        return progress_postfix(
-            succeeded=stats.succeeded,
-            failed=stats.failed,
-            requests_per_minute=governor.requests_per_minute,
-            tokens_per_minute=governor.tokens_per_minute,
-            cooldowns=governor.cooldowns,
-            cooling_down=governor.cooling_down,
-        )
-
-    def exhausted(self, feed: _Feed) -> None:
-        """INPUT is read: the exact number of requests this run sends is known now."""
-        if self._enabled:
-            self.bar.total = feed.sent
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self._enabled:
-            self.bar.set_postfix_str(self.postfix(), refresh=False)
-        self.bar.close()
+    except OSError as exc:
+        _say(f"cannot open {exc.filename or 'OUTPUT'}: {exc.strerror or exc}. Nothing was sent.")
+        return EXIT_USAGE
+    except Exception as exc:  # reported like a fatal stop: the files are consistent
+        return _unexpected(settings, exc)
+    return _finish(settings, summary)
 
 
 class _Interrupts:
-    """SIGINT/SIGTERM: the first stops admission and starts the grace timer, the next cancels."""
+    """SIGINT/SIGTERM: the first stops admission and starts the grace timer, the next aborts."""
 
-    def __init__(self, run: Run, task: asyncio.Future[Any], feed: _Feed) -> None:
-        self._run = run
-        self._task = task
-        self._feed = feed
+    def __init__(self, file_run: FileRun) -> None:
+        self._run = file_run
         self._timer: asyncio.TimerHandle | None = None
         self.count = 0
-        self.abandoned = 0
-
-    def _in_flight(self) -> int:
-        return max(0, self._feed.sent - self._run.stats.completed)
 
     def __call__(self, signum: int) -> None:
         self.count += 1
         name = signal.Signals(signum).name
         if self.count > 1:
-            self._cancel(f"second {name}")
+            self._abort(f"second {name}")
             return
         self._run.stop()
         _write(
             f"{name}: stopping; no new requests are sent. Waiting up to {GRACE_S:g} s for "
-            f"{self._in_flight():,} in flight (press Ctrl-C again to stop at once)"
+            f"{self._run.in_flight:,} in flight (press Ctrl-C again to stop at once)"
         )
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(GRACE_S, self._cancel, f"{GRACE_S:g} s grace period over")
+        self._timer = loop.call_later(GRACE_S, self._abort, f"{GRACE_S:g} s grace period over")
 
-    def _cancel(self, why: str) -> None:
-        if self._task.done():
-            return
-        self.abandoned = self._in_flight()
-        _write(
-            f"{why}: abandoning {self.abandoned:,} requests in flight "
-            "(they are sent again on resume)"
-        )
-        self._task.cancel()
+    def _abort(self, why: str) -> None:
+        in_flight = self._run.in_flight
+        if self._run.abort():
+            _write(
+                f"{why}: abandoning {in_flight:,} requests in flight "
+                "(they are sent again on resume)"
+            )
 
     def close(self) -> None:
         if self._timer is not None:
@@ -574,114 +410,65 @@ def _write(message: str) -> None:
     tqdm.write(f"ratelane: {message}", file=sys.stderr)
 
 
-async def _drive(
-    client: Client,
-    settings: RunSettings,
-    report: ValidationReport,
-    writer: ResultWriter,
-    done: DoneSet,
-) -> _Outcome:
+async def _drive(file_run: FileRun) -> FileRunSummary:
     loop = asyncio.get_running_loop()
-    async with client:
-        run = client.engine.new_run(max_concurrency=client.max_concurrency)
-        progress = _Progress(run, total=max(0, report.lines - len(done)), enabled=settings.progress)
-        feed = _Feed(
-            settings.input_path,
-            done,
-            default_model=settings.model,
-            on_exhausted=progress.exhausted,
-        )
-
-        async def sink(result: Result) -> None:
-            writer.write(result)
-            progress.tick()
-
-        task = asyncio.ensure_future(run.drive(feed, sink))
-        interrupts = _Interrupts(run, task, feed)
-        handled = (signal.SIGINT, signal.SIGTERM)
+    interrupts = _Interrupts(file_run)
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for signum in handled:
+        loop.add_signal_handler(signum, interrupts, signum)
+    try:
+        return await file_run.run()
+    finally:
         for signum in handled:
-            loop.add_signal_handler(signum, interrupts, signum)
-        try:
-            await asyncio.wait({task})
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
-            interrupts.close()
-            progress.close()
-        fatal: FatalError | None = None
-        error: BaseException | None = None
-        if not task.cancelled():
-            exc = task.exception()
-            if isinstance(exc, FatalError):
-                fatal = exc
-            elif exc is not None:
-                error = exc
-        return _Outcome(
-            stats=run.stats,
-            skipped=feed.skipped if feed.exhausted else max(feed.skipped, len(done)),
-            exhausted=feed.exhausted,
-            signals=interrupts.count,
-            cancelled=task.cancelled(),
-            abandoned=interrupts.abandoned,
-            fatal=fatal,
-            error=error,
-            learned_rpm=run.engine.governor.learned_rpm,
-            learned_tpm=run.engine.governor.learned_tpm,
-        )
+            loop.remove_signal_handler(signum)
+        interrupts.close()
 
 
-def _finish(settings: RunSettings, report: ValidationReport, outcome: _Outcome) -> int:
-    stats = outcome.stats
-    complete = outcome.exhausted and not outcome.cancelled
-    resume = settings.resume_command
+def _unexpected(settings: RunSettings, error: Exception) -> int:
+    if isinstance(error, InputError):
+        headline = f"stopped: INPUT changed while running ({error})"
+    else:
+        headline = f"stopped by an unexpected error: {type(error).__name__}: {error}"
+    print(f"ratelane: {headline}", file=sys.stderr)
+    _print_hint(settings, "fix the cause, then run the same command again to resume")
+    return EXIT_FATAL
+
+
+def _print_hint(settings: RunSettings, hint: str) -> None:
+    if settings.resume_command is not None:
+        print(f"HINT: {hint}:\n  {settings.resume_command}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _finish(settings: RunSettings, summary: FileRunSummary) -> int:
     hint: str | None = None
-    if outcome.error is not None:
-        error = outcome.error
-        if isinstance(error, InputError):
-            headline = f"stopped: INPUT changed while running ({error})"
-        else:
-            headline = f"stopped by an unexpected error: {type(error).__name__}: {error}"
+    reason = summary.reason
+    if reason is ExitReason.FATAL:
+        label, cause = stop_cause(summary.stop_reason, summary.stop_status)
+        headline = f"stopped early ({label}): {summary.stop_message}"
         code = EXIT_FATAL
-        hint = "fix the cause, then run the same command again to resume"
-    elif outcome.fatal is not None:
-        fatal = outcome.fatal
-        headline = f"stopped early ({fatal.reason}): {fatal}"
-        code = EXIT_FATAL
-        cause = _FATAL_HINTS.get(fatal.reason, "fix the cause")
         hint = f"{cause}, then run the same command again to resume"
-    elif outcome.signals and not complete:
+    elif reason is ExitReason.STOPPED:
         headline = "interrupted; every result received so far is saved"
         code = EXIT_INTERRUPTED
         hint = "run the same command again to resume"
-    elif stats.failed:
+    elif reason is ExitReason.SOME_FAILED:
+        failed = summary.failed
         headline = (
-            f"finished: {stats.failed:,} {'line' if stats.failed == 1 else 'lines'} "
+            f"finished: {failed:,} {'line' if failed == 1 else 'lines'} "
             "failed permanently (see ERRORS)"
         )
         code = EXIT_FAILED
         hint = "fix those lines in INPUT, then run the same command again to retry only them"
-    elif stats.completed == 0:
+    elif summary.stats.completed == 0:
         headline = "nothing to do: every line already has a success in OUTPUT"
         code = EXIT_OK
     else:
         headline = "done: every line succeeded"
         code = EXIT_OK
-    remaining = max(0, report.lines - outcome.skipped - stats.succeeded)
-    summary = RunSummary(
-        headline=f"ratelane: {headline}",
-        lines=report.lines,
-        skipped=outcome.skipped,
-        remaining=remaining,
-        stats=stats,
-        output_path=settings.output_path,
-        errors_path=settings.errors_path,
-        learned_rpm=outcome.learned_rpm,
-        learned_tpm=outcome.learned_tpm,
-    )
-    print(format_summary(summary), file=sys.stderr)
-    if hint is not None and resume is not None:
-        print(f"HINT: {hint}:\n  {resume}", file=sys.stderr)
-    sys.stderr.flush()
+    print(format_summary(RunSummary.of(summary, headline=f"ratelane: {headline}")), file=sys.stderr)
+    if hint is not None:
+        _print_hint(settings, hint)
     return code
 
 

@@ -1,4 +1,4 @@
-"""What ``ratelane run`` tells people: the progress-bar postfix and the end-of-run summary.
+"""What ``ratelane run`` tells people: the end-of-run summary and why a run stopped.
 
 Pure formatting over plain values, so it is tested without a run.
 """
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ratelane._core.models import LatencySample, RunStats
+from ratelane._files.file_run import FileRunSummary
+from ratelane._files.progress import compact_number, progress_postfix
 
 __all__ = [
     "LatencySample",
@@ -16,44 +18,69 @@ __all__ = [
     "compact_number",
     "format_summary",
     "progress_postfix",
+    "stop_cause",
 ]
 
 
-def compact_number(value: float | None) -> str:
-    """``950``, ``6k``, ``12.5k``, ``2M``, ``1.25M``; ``?`` for ``None`` (not known yet)."""
-    if value is None:
-        return "?"
-    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= size:
-            scaled = value / size
-            text = f"{scaled:.3g}" if scaled < 1000 else f"{scaled:,.0f}"
-            return text + suffix
-    return f"{value:.0f}"
+#: Hints for a fatal stop, by the HTTP status of the answer that caused it. Chosen by
+#: status, not by ``error.code``: gateways such as LiteLLM send the status as the
+#: code (``"401"``), so codes alone would miss a wrong key behind a proxy.
+_STATUS_CAUSES: dict[int, tuple[str, str]] = {
+    401: ("invalid API key", "check OPENAI_API_KEY (and OPENAI_BASE_URL)"),
+    402: ("payment required", "add credit or raise the limit on the account's billing page"),
+    403: (
+        "permission denied",
+        "check that the key's project may use this model and endpoint (and OPENAI_BASE_URL)",
+    ),
+    429: ("quota exhausted", "add credit or raise the limit on the account's billing page"),
+}
+#: By the stop reason (the error code), when the status says nothing more specific.
+_REASON_CAUSES: dict[str, tuple[str, str]] = {
+    "invalid_api_key": _STATUS_CAUSES[401],
+    "insufficient_quota": _STATUS_CAUSES[429],
+    "billing_hard_limit_reached": ("spending limit reached", "raise the account's spending limit"),
+    "error_streak": (
+        "a streak of identical errors",
+        "read the errors file to see why every request failed the same way",
+    ),
+}
+_FALLBACK_CAUSE = "fix the cause"
 
 
-def progress_postfix(
-    *,
-    succeeded: int,
-    failed: int,
-    requests_per_minute: float | None,
-    tokens_per_minute: float | None,
-    cooldowns: int,
-    cooling_down: bool,
-) -> str:
-    """The text after the bar: ``ok=980 failed=2 rpm=5.91k tpm=1.97M cooldowns=1``.
+def _status_of(reason: str | None, status: int | None) -> int | None:
+    """The HTTP status, or one spelled in the reason (``"401"``, ``"http_401"``)."""
+    if status is not None or reason is None:
+        return status
+    digits = reason.removeprefix("http_")
+    return int(digits) if digits.isdigit() and len(digits) == 3 else None
 
-    ``rpm``/``tpm`` are the rates the governor currently aims for (learned
-    limits times headroom, lowered after a 429); ``∞`` when unlimited.
+
+def stop_cause(reason: str | None, status: int | None) -> tuple[str, str]:
+    """``(label, hint)`` for a fatal stop with ``reason`` after an answer with ``status``.
+
+    The label names the reason and the status (``invalid_api_key, HTTP 401``);
+    the hint comes from the reason when it is one we know (quota, billing
+    limit, error streak), else from the status (401 key, 402/429 billing, 403
+    permission), else a generic "fix the cause".
     """
-
-    def rate(value: float | None) -> str:
-        return "∞" if value is None else compact_number(value)
-
-    text = (
-        f"ok={succeeded:,} failed={failed:,} "
-        f"rpm={rate(requests_per_minute)} tpm={rate(tokens_per_minute)} cooldowns={cooldowns}"
-    )
-    return text + " (cooling down)" if cooling_down else text
+    status = _status_of(reason, status)
+    known = _REASON_CAUSES.get(reason or "")
+    if known is not None and reason != "error_streak":
+        hint = known[1]
+    elif status in _STATUS_CAUSES and reason != "error_streak":
+        hint = _STATUS_CAUSES[status][1]
+    elif known is not None:
+        hint = known[1]
+    else:
+        hint = _FALLBACK_CAUSE
+    parts = []
+    if reason and _status_of(reason, None) is None:
+        parts.append(reason)
+    elif status in _STATUS_CAUSES:
+        parts.append(_STATUS_CAUSES[status][0])
+    if status is not None:
+        parts.append(f"HTTP {status}")
+    return ", ".join(parts) or "unknown cause", hint
 
 
 def _seconds(value: float) -> str:
@@ -85,6 +112,20 @@ class RunSummary:
     errors_path: Path
     learned_rpm: float | None = None
     learned_tpm: float | None = None
+
+    @classmethod
+    def of(cls, run: FileRunSummary, *, headline: str) -> RunSummary:
+        return cls(
+            headline=headline,
+            lines=run.lines,
+            skipped=run.skipped,
+            remaining=run.remaining,
+            stats=run.stats,
+            output_path=run.output_path,
+            errors_path=run.errors_path,
+            learned_rpm=run.learned_rpm,
+            learned_tpm=run.learned_tpm,
+        )
 
 
 def format_summary(summary: RunSummary) -> str:

@@ -25,14 +25,16 @@ last HTTP response when there was one, else ``null``.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import re
 import time
-import uuid
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -66,8 +68,25 @@ _DUMP_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 # --------------------------------------------------------------------------- line shapes
 
 
+# Line ids have the Batch API's shape, ``batch_req_`` and 32 hex digits: 80 random
+# bits per process, then a counter. Unique like uuid4 (~4 us a line) at ~0.4 us.
+_LINE_ID_PREFIX = ""
+_line_numbers = itertools.count()
+
+
+def _reseed_line_ids() -> None:
+    """A fresh random prefix (at import, and in a forked child, which must not share it)."""
+    global _LINE_ID_PREFIX, _line_numbers
+    _LINE_ID_PREFIX = "batch_req_" + os.urandom(10).hex()
+    _line_numbers = itertools.count()
+
+
+_reseed_line_ids()
+os.register_at_fork(after_in_child=_reseed_line_ids)
+
+
 def _new_line_id() -> str:
-    return "batch_req_" + uuid.uuid4().hex
+    return f"{_LINE_ID_PREFIX}{next(_line_numbers):012x}"
 
 
 def _dump(line: dict[str, Any]) -> bytes:
@@ -236,7 +255,7 @@ def _fast_success_id(raw: bytes) -> str | None:
     # Quotes inside JSON strings are escaped, so the last unescaped '"error":' key
     # is the top-level one; the body before it cannot fake this tail.
     tail = raw.rfind(b',"error":')
-    if tail < 0 or not raw.startswith(_SUCCESS_TAIL, tail) or b'"error"' in raw[tail + 9 :]:
+    if tail < 0 or not raw.startswith(_SUCCESS_TAIL, tail) or raw.find(b'"error"', tail + 9) >= 0:
         return None
     try:
         return head.group(1).decode()
@@ -279,6 +298,9 @@ def _success_ids(path: StrPath) -> Iterator[str]:
         logger.warning("%s: ignored %d lines that are not JSON", os.fspath(path), unreadable)
 
 
+_BIAS = 1 << 63  # int64 -> 0 .. 2**64 - 1, so the top bits order like the values
+
+
 class DoneSet:
     """The ``custom_id`` values already completed, as 64-bit hashes.
 
@@ -293,21 +315,26 @@ class DoneSet:
     ten million of each, about 5 in a million.
     """
 
-    __slots__ = ("_hash_function", "_hashes")
+    __slots__ = ("_hash_function", "_hashes", "_shift", "_starts")
 
     def __init__(
         self, custom_ids: Iterable[str] = (), *, hash_function: Callable[[str], int] = hash
     ) -> None:
         hash_of = int64_hash_function(hash_function)
-        collected = array("q", (hash_of(custom_id) for custom_id in custom_ids))
-        hashes = array("q")
-        previous: int | None = None
-        for value in iter_sorted_int64(collected):
-            if value != previous:
-                hashes.append(value)
-                previous = value
+        collected = array("q", map(hash_of, custom_ids))
+        # Sorted, each value once; groupby/itemgetter keep the loop in C.
+        hashes = array("q", map(itemgetter(0), groupby(iter_sorted_int64(collected))))
         self._hashes = hashes
         self._hash_function = hash_of
+        # A bucket index over the top bits (hashes are uniform): ``in`` then
+        # bisects ~16-32 values instead of all of them. Under 1 byte an id.
+        bits = max(0, (len(hashes) // 16).bit_length())
+        self._shift = 64 - bits
+        self._starts = array(
+            "q",
+            (bisect_left(hashes, (bucket << self._shift) - _BIAS) for bucket in range(1 << bits)),
+        )
+        self._starts.append(len(hashes))
 
     @classmethod
     def from_output(cls, path: StrPath, *, hash_function: Callable[[str], int] = hash) -> DoneSet:
@@ -318,9 +345,11 @@ class DoneSet:
         if not isinstance(custom_id, str):
             return False
         value = self._hash_function(custom_id)
-        hashes = self._hashes
-        index = bisect_left(hashes, value)
-        return index < len(hashes) and hashes[index] == value
+        bucket = (value + _BIAS) >> self._shift
+        starts = self._starts
+        stop = starts[bucket + 1]
+        index = bisect_left(self._hashes, value, starts[bucket], stop)
+        return index < stop and self._hashes[index] == value
 
     def __len__(self) -> int:
         return len(self._hashes)

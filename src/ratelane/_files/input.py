@@ -214,6 +214,7 @@ def validate_batch_file(
     *,
     max_reported: int = 10,
     hash_function: HashFunction = hash,
+    estimate_tokens: bool = True,
 ) -> ValidationReport:
     """Check every line of a Batch-format input file, streaming.
 
@@ -229,6 +230,8 @@ def validate_batch_file(
     lines. Memory: 8 bytes per line, plus the distinct ``custom_id`` strings
     that share a hash with another line (that is, the duplicated ids).
     ``hash_function`` is injectable so tests can force collisions.
+    ``estimate_tokens=False`` skips the token estimate (a third of the time;
+    ``estimated_tokens`` is then 0), for callers that only need the verdict.
     """
     if max_reported < 0:
         raise ConfigurationError(f"max_reported must be 0 or more, got {max_reported}")
@@ -249,7 +252,7 @@ def validate_batch_file(
             custom_id = _valid_custom_id(obj)
             if custom_id is not None:
                 add_hash(hash_of(custom_id))
-            if isinstance(obj, dict):
+            if estimate_tokens and isinstance(obj, dict):
                 body = obj.get("body")
                 if isinstance(body, dict):
                     url = obj.get("url")

@@ -1,0 +1,666 @@
+"""A file run: every request of a Batch-format INPUT, checkpointed in OUTPUT, resumable.
+
+``run_file`` / ``arun_file`` are what ``ratelane run`` does, minus the
+terminal: any caller (a script, a notebook, a job runner) gets the same
+validation, lock, resume and crash safety. The order of a run, each step able
+to stop it before anything is sent::
+
+    options valid -> paths distinct -> INPUT valid (or unchanged since it was
+    validated, see validated.py) and not empty -> lock OUTPUT -> repair a torn
+    last line -> read OUTPUT's successes -> send the rest, appending each
+    result as it completes -> fsync -> FileRunSummary
+
+Resume is the same call again: lines whose ``custom_id`` already has a
+success in OUTPUT are skipped, everything else (earlier failures included) is
+sent. :meth:`FileRun.stop` stops admitting requests and lets those in flight
+finish; :meth:`FileRun.abort` also cancels those in flight. Neither touches
+signals: the CLI's handler calls them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import functools
+import os
+import re
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from ratelane._api.client import Client
+from ratelane._core.batch_line import line_problems
+from ratelane._core.config import Price, RetryPolicy
+from ratelane._core.errors import ConfigurationError, FatalError, InputError
+from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
+from ratelane._engine.engine import Engine
+from ratelane._limits.governor import RateGovernor
+
+from .checkpoint import DoneSet, OutputLock, ResultWriter
+from .input import (
+    ValidationReport,
+    validate_batch_file,
+)
+from .input import _numbered_lines as numbered_lines
+from .input import _parse as parse_line
+from .progress import Progress
+from .validated import Fingerprint, load_report, save_report
+
+__all__ = [
+    "ExitReason",
+    "FileRun",
+    "FileRunOptions",
+    "FileRunSummary",
+    "InvalidInputError",
+    "arun_file",
+    "check_input",
+    "check_paths",
+    "default_errors_path",
+    "empty_input",
+    "run_file",
+]
+
+StrPath = str | os.PathLike[str]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Seconds between fsyncs of OUTPUT and ERRORS (and always at the end).
+FSYNC_INTERVAL_S = 1.0
+DEFAULT_MAX_CONCURRENCY = 256
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def default_errors_path(output_path: StrPath) -> Path:
+    """``out.jsonl`` -> ``out.errors.jsonl``, in OUTPUT's directory."""
+    path = Path(output_path)
+    return path.with_name(path.stem + ".errors.jsonl")
+
+
+# --------------------------------------------------------------------------- values
+
+
+class ExitReason(enum.Enum):
+    """How a file run ended."""
+
+    #: Every line of INPUT has a success in OUTPUT (also when nothing was left to send).
+    COMPLETED = "completed"
+    #: INPUT was read to the end, but some lines failed permanently (see ERRORS).
+    SOME_FAILED = "some_failed"
+    #: Stopped early because continuing could not succeed (invalid key, quota, error streak).
+    FATAL = "fatal"
+    #: Stopped by :meth:`FileRun.stop` / :meth:`FileRun.abort` before the end.
+    STOPPED = "stopped"
+
+
+class InvalidInputError(InputError):
+    """INPUT is not a valid Batch-format file; ``report`` has the problems and line numbers."""
+
+    def __init__(self, message: str, *, report: ValidationReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRunOptions:
+    """How a file run connects and paces: the client options of ``run_many``.
+
+    ``model`` is added to bodies that have none. ``api_key`` defaults to
+    ``OPENAI_API_KEY``, ``base_url`` to ``OPENAI_BASE_URL`` or OpenAI's.
+    ``fsync_interval_s``: seconds between fsyncs of OUTPUT and ERRORS (0:
+    after every line); ``progress``: a tqdm bar (a widget in notebooks).
+    """
+
+    model: str | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    rpm: float | None = None
+    tpm: float | None = None
+    retry: RetryPolicy | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    connect_timeout_s: float = 10.0
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    organization: str | None = None
+    project: str | None = None
+    prices: Mapping[str, Price] | None = None
+    progress: bool = False
+    fsync_interval_s: float = FSYNC_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not (isinstance(self.model, str) and self.model):
+            raise ConfigurationError(f"model must be a non-empty model name, got {self.model!r}")
+        if not self.fsync_interval_s >= 0:
+            raise ConfigurationError(
+                f"fsync_interval_s must be 0 or more seconds, got {self.fsync_interval_s}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRunSummary:
+    """What a file run did.
+
+    ``lines``: requests in INPUT; ``skipped``: lines not sent because OUTPUT
+    already had their success; ``succeeded``/``failed``: results of this run;
+    ``not_sent``: lines this run never finished (stopped early);
+    ``abandoned``: requests cancelled in flight by :meth:`FileRun.abort`.
+    ``stop_reason``/``stop_message``/``stop_status`` describe a FATAL stop
+    (``stop_status`` is the HTTP status of the answer that caused it, if any).
+    ``revalidated`` is false when INPUT was known valid and unchanged.
+    """
+
+    reason: ExitReason
+    input_path: Path
+    output_path: Path
+    errors_path: Path
+    lines: int
+    skipped: int
+    succeeded: int
+    failed: int
+    not_sent: int
+    abandoned: int = 0
+    stats: RunStats
+    stop_reason: str | None = None
+    stop_message: str | None = None
+    stop_status: int | None = None
+    learned_rpm: float | None = None
+    learned_tpm: float | None = None
+    repaired_bytes: int = 0
+    revalidated: bool = True
+
+    @property
+    def ok(self) -> bool:
+        """Every line of INPUT has a success in OUTPUT."""
+        return self.reason is ExitReason.COMPLETED
+
+    @property
+    def remaining(self) -> int:
+        """Lines that still lack a success (failed, or never sent)."""
+        return self.failed + self.not_sent
+
+
+# ------------------------------------------------------------------ the engine, in one place
+
+
+class _EngineRun:
+    """Every call this module makes to the engine: one ``Run`` of the client's Engine."""
+
+    __slots__ = ("_engine", "_run")
+
+    def __init__(self, client: Client) -> None:
+        self._engine: Engine = client.engine
+        self._run = self._engine.new_run(max_concurrency=client.max_concurrency)
+
+    async def drive(
+        self, requests: Iterator[tuple[int, Request]], sink: Callable[[Result], Any]
+    ) -> RunStats:
+        return await self._run.drive(requests, sink)
+
+    def stop(self) -> None:
+        self._run.stop()
+
+    @property
+    def stats(self) -> RunStats:
+        return self._run.stats
+
+    @property
+    def fatal(self) -> tuple[str, str] | None:
+        return self._run.fatal
+
+    @property
+    def governor(self) -> RateGovernor:
+        return self._engine.governor
+
+
+# --------------------------------------------------------------------------- reading INPUT
+
+
+#: A line that begins with its ``custom_id`` (the usual layout of Batch files) gives
+#: it up without a JSON parse, so a resume skips done lines cheaply. Trusted only
+#: when the line names "custom_id" once (a duplicate key would be ambiguous).
+_LEADING_ID = re.compile(rb'\{\s*"custom_id"\s*:\s*"([^"\\]+)"')
+
+
+def _leading_id(raw: bytes) -> str | None:
+    head = _LEADING_ID.match(raw)
+    if head is None or raw.count(b'"custom_id"') != 1:
+        return None
+    try:
+        return head.group(1).decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _requests(
+    path: Path, done: DoneSet, default_model: str | None
+) -> Iterator[tuple[int, Request]]:
+    """``(line_number, Request)`` for each line of INPUT without a success in ``done``.
+
+    INPUT was validated, so each line gets only the checks that keep a request
+    well-formed (one parse, a few type tests); a line that fails them means
+    INPUT changed since: :class:`InputError` with the line number and the
+    validator's full message.
+    """
+    skipping = len(done) > 0
+    for number, raw in numbered_lines(path):
+        if skipping:
+            custom_id = _leading_id(raw)
+            if custom_id is not None and custom_id in done:
+                continue
+        obj, problem = parse_line(raw)
+        if problem is not None:
+            raise InputError(problem, line=number)
+        if type(obj) is dict:
+            custom_id = obj.get("custom_id")
+            url = obj.get("url")
+            body = obj.get("body")
+            if (
+                type(custom_id) is str
+                and custom_id
+                and type(body) is dict
+                and url in SUPPORTED_PATHS
+                and obj.get("method") == "POST"
+            ):
+                if skipping and custom_id in done:
+                    continue
+                if default_model is not None and "model" not in body:
+                    body = {"model": default_model, **body}
+                yield number, Request(body, custom_id, url)
+                continue
+        raise InputError("; ".join(line_problems(obj, number)), line=number)
+
+
+class _Feed:
+    """The requests still to send, read lazily from INPUT as the workers pull."""
+
+    __slots__ = ("_lines", "_on_exhausted", "exhausted", "sent", "stopped")
+
+    def __init__(
+        self,
+        path: Path,
+        done: DoneSet,
+        *,
+        default_model: str | None,
+        on_exhausted: Callable[[int], None],
+    ) -> None:
+        self._lines = _requests(path, done, default_model)
+        self._on_exhausted = on_exhausted
+        self.sent = 0
+        self.exhausted = False
+        self.stopped = False
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> tuple[int, Request]:
+        if self.stopped:  # FileRun.stop(): hand out nothing more (INPUT is not exhausted)
+            raise StopIteration
+        try:
+            item = next(self._lines)
+        except StopIteration:
+            if not self.exhausted:
+                self.exhausted = True
+                self._on_exhausted(self.sent)
+            raise
+        self.sent += 1
+        return item
+
+
+def check_paths(input_path: Path, output_path: Path, errors_path: Path) -> None:
+    paths = {"INPUT": input_path, "OUTPUT": output_path, "ERRORS": errors_path}
+    resolved = {name: os.path.realpath(path) for name, path in paths.items()}
+    for first, second in (("INPUT", "OUTPUT"), ("INPUT", "ERRORS"), ("OUTPUT", "ERRORS")):
+        if resolved[first] == resolved[second]:
+            raise ConfigurationError(
+                f"{first} and {second} are the same file ({paths[first]}). "
+                f"HINT: give {second} another name"
+            )
+    if output_path.is_dir():
+        raise ConfigurationError(f"OUTPUT {output_path} is a directory. HINT: name a file in it")
+    for name in ("OUTPUT", "ERRORS"):
+        directory = paths[name].parent
+        if not directory.is_dir():
+            raise ConfigurationError(
+                f"{name}'s directory {directory} does not exist. HINT: create it first"
+            )
+
+
+def check_input(
+    path: Path, *, max_reported: int = 10, estimate_tokens: bool = True
+) -> ValidationReport:
+    """Validate INPUT; raise :class:`InvalidInputError` if it cannot be read or has problems."""
+    try:
+        report = validate_batch_file(
+            path, max_reported=max_reported, estimate_tokens=estimate_tokens
+        )
+    except FileNotFoundError:
+        raise InvalidInputError(f"INPUT {path} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"INPUT {path} is a directory; give a .jsonl file") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read INPUT {path}: {exc.strerror or exc}") from None
+    if not report.ok:
+        raise InvalidInputError(report.describe(), report=report)
+    return report
+
+
+def empty_input(path: Path) -> InvalidInputError:
+    return InvalidInputError(
+        f"INPUT holds no requests: {path} is empty or has only blank lines. "
+        "HINT: check that you passed the right file"
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class FileRun:
+    """One file run: create it, ``await run()``, optionally ``stop()`` or ``abort()`` meanwhile.
+
+    ``on_result`` is called with each result after its line is written (the
+    CLI draws its progress with it). Everything else about the run is
+    :class:`FileRunOptions`.
+    """
+
+    def __init__(
+        self,
+        input: StrPath,
+        output: StrPath,
+        *,
+        errors: StrPath | None = None,
+        options: FileRunOptions | None = None,
+        on_result: Callable[[Result], None] | None = None,
+    ) -> None:
+        self.input_path = Path(input)
+        self.output_path = Path(output)
+        self.errors_path = (
+            Path(errors) if errors is not None else default_errors_path(self.output_path)
+        )
+        self.options = options if options is not None else FileRunOptions()
+        self._on_result = on_result
+        self._engine_run: _EngineRun | None = None
+        self._task: asyncio.Future[RunStats] | None = None
+        self._feed: _Feed | None = None
+        self._started = False
+        self._stop_requested = False
+        self._abandoned: int | None = None
+        self._stop_status: int | None = None
+        self._bar: Any = None
+
+    # -- control, callable from a signal handler or another task ------------------
+    def stop(self) -> None:
+        """Send no new requests; those in flight finish and are written. Idempotent."""
+        self._stop_requested = True
+        if self._feed is not None:
+            self._feed.stopped = True
+        if self._engine_run is not None:
+            self._engine_run.stop()
+
+    def abort(self) -> bool:
+        """Stop now: cancel the requests in flight too (they are sent again on resume).
+
+        Returns whether there was a running send to cancel.
+        """
+        self.stop()
+        if self._task is None or self._task.done() or self._abandoned is not None:
+            return False
+        self._abandoned = self.in_flight
+        self._task.cancel()
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        """Requests handed to the engine that have no result yet."""
+        if self._feed is None or self._engine_run is None:
+            return 0
+        return max(0, self._feed.sent - self._engine_run.stats.completed)
+
+    @property
+    def stats(self) -> RunStats | None:
+        """The live counts of this run (``None`` before sending starts)."""
+        return self._engine_run.stats if self._engine_run is not None else None
+
+    @property
+    def governor(self) -> RateGovernor | None:
+        """The rate governor in use (``None`` before sending starts), for live rates."""
+        return self._engine_run.governor if self._engine_run is not None else None
+
+    # -- the run ------------------------------------------------------------------
+    def _client(self) -> Client:
+        options = self.options
+        return Client(
+            api_key=options.api_key,
+            base_url=options.base_url,
+            organization=options.organization,
+            project=options.project,
+            rpm=options.rpm,
+            tpm=options.tpm,
+            max_concurrency=options.max_concurrency,
+            retry=options.retry,
+            timeout_s=options.timeout_s,
+            connect_timeout_s=options.connect_timeout_s,
+            prices=options.prices,
+        )
+
+    def _validated(self) -> tuple[ValidationReport, bool]:
+        """INPUT's report, and whether it was validated now (not remembered)."""
+        remembered = load_report(self.output_path, self.input_path)
+        if remembered is not None:
+            return remembered, False
+        began_ns = time.time_ns()
+        try:
+            before: Fingerprint | None = Fingerprint.of(self.input_path)
+        except OSError:
+            before = None  # check_input says what is wrong with the path
+        report = check_input(self.input_path, estimate_tokens=False)  # a run needs no estimate
+        if report.lines and before is not None:
+            save_report(self.output_path, self.input_path, report, before, began_ns=began_ns)
+        return report, True
+
+    async def run(self) -> FileRunSummary:
+        """Validate, lock, resume and send; return the summary.
+
+        Raises :class:`ConfigurationError` for bad options or paths,
+        :class:`InvalidInputError` (an ``InputError``) for invalid or empty
+        INPUT, :class:`~ratelane.OutputLockedError` if another run holds
+        OUTPUT; in each case nothing was sent. A fatal stop is not raised: it
+        is ``reason=FATAL`` in the summary, with the cause.
+        """
+        if self._started:
+            raise RuntimeError("a FileRun runs once; create another to resume")
+        self._started = True
+        client = self._client()
+        check_paths(self.input_path, self.output_path, self.errors_path)
+        # In a worker thread: seconds on a big file, and the loop stays free (signals, UIs).
+        report, revalidated = await asyncio.to_thread(self._validated)
+        if report.lines == 0:
+            raise empty_input(self.input_path)
+        with (
+            OutputLock(self.output_path),
+            ResultWriter(
+                self.output_path,
+                self.errors_path,
+                fsync_interval_s=self.options.fsync_interval_s,
+            ) as writer,
+        ):
+            done = await asyncio.to_thread(DoneSet.from_output, self.output_path)
+            async with client:
+                stats, fatal = await self._send(client, writer, done, report)
+                governor = self._engine_run.governor if self._engine_run else None
+        return self._summary(report, done, stats, fatal, writer, governor, revalidated)
+
+    async def _send(
+        self, client: Client, writer: ResultWriter, done: DoneSet, report: ValidationReport
+    ) -> tuple[RunStats, tuple[str, str] | None]:
+        engine_run = _EngineRun(client)
+        self._engine_run = engine_run
+        bar = self._progress_bar(max(0, report.lines - len(done)))
+        feed = _Feed(
+            self.input_path, done, default_model=self.options.model, on_exhausted=bar.exhausted
+        )
+        feed.stopped = self._stop_requested  # stop() before sending began: send nothing
+        self._feed = feed
+        write = writer.write
+        on_result = self._on_result
+        tick = bar.tick
+
+        async def sink(result: Result) -> None:
+            write(result)
+            if not result.ok and self._stop_status is None and engine_run.fatal is not None:
+                self._stop_status = result.status_code
+            if on_result is not None:
+                on_result(result)
+            tick()
+
+        task = asyncio.ensure_future(engine_run.drive(feed, sink))
+        self._task = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            if not task.done():  # our caller was cancelled: cancel the engine with it
+                task.cancel()
+                await asyncio.wait({task})
+            bar.close()
+        fatal: tuple[str, str] | None = None
+        if not task.cancelled():
+            exc = task.exception()
+            if isinstance(exc, FatalError):
+                fatal = (exc.reason, str(exc))
+            elif exc is not None:
+                raise exc
+        return engine_run.stats, fatal
+
+    def _progress_bar(self, total: int) -> Progress:
+        return Progress(total=total, enabled=self.options.progress, live=self._live)
+
+    def _live(self) -> tuple[RunStats, RateGovernor] | None:
+        engine_run = self._engine_run
+        return None if engine_run is None else (engine_run.stats, engine_run.governor)
+
+    def _summary(
+        self,
+        report: ValidationReport,
+        done: DoneSet,
+        stats: RunStats,
+        fatal: tuple[str, str] | None,
+        writer: ResultWriter,
+        governor: RateGovernor | None,
+        revalidated: bool,
+    ) -> FileRunSummary:
+        feed = self._feed
+        exhausted = feed is not None and feed.exhausted and self._abandoned is None
+        # Lines already in OUTPUT that are also in INPUT: exact once INPUT was read to the end.
+        skipped = min(len(done), report.lines)
+        if feed is not None and exhausted:
+            skipped = report.lines - feed.sent
+        if fatal is not None:
+            reason = ExitReason.FATAL
+        elif not exhausted:
+            reason = ExitReason.STOPPED
+        elif stats.failed:
+            reason = ExitReason.SOME_FAILED
+        else:
+            reason = ExitReason.COMPLETED
+        not_sent = max(0, report.lines - skipped - stats.succeeded - stats.failed)
+        return FileRunSummary(
+            reason=reason,
+            input_path=self.input_path,
+            output_path=self.output_path,
+            errors_path=self.errors_path,
+            lines=report.lines,
+            skipped=skipped,
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            not_sent=not_sent,
+            abandoned=self._abandoned or 0,
+            stats=stats,
+            stop_reason=fatal[0] if fatal else None,
+            stop_message=fatal[1] if fatal else None,
+            stop_status=self._stop_status if fatal else None,
+            learned_rpm=governor.learned_rpm if governor else None,
+            learned_tpm=governor.learned_tpm if governor else None,
+            repaired_bytes=writer.repaired_bytes,
+            revalidated=revalidated,
+        )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+async def arun_file(
+    input: StrPath,
+    output: StrPath,
+    *,
+    errors: StrPath | None = None,
+    model: str | None = None,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    retry: RetryPolicy | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    connect_timeout_s: float = 10.0,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    organization: str | None = None,
+    project: str | None = None,
+    prices: Mapping[str, Price] | None = None,
+    progress: bool = True,
+    fsync_interval_s: float = FSYNC_INTERVAL_S,
+) -> FileRunSummary:
+    """Send every request of the Batch-format file ``input``; successes go to ``output``.
+
+    Resumable: call it again with the same paths and only the lines without
+    a success in ``output`` are sent. ``errors`` (default
+    ``<output stem>.errors.jsonl``) gets this run's permanent failures. See
+    :class:`FileRunOptions` for the options and :meth:`FileRun.run` for what
+    is raised; the result is a :class:`FileRunSummary`.
+    """
+    options = FileRunOptions(
+        model=model,
+        max_concurrency=max_concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        retry=retry,
+        timeout_s=timeout_s,
+        connect_timeout_s=connect_timeout_s,
+        api_key=api_key,
+        base_url=base_url,
+        organization=organization,
+        project=project,
+        prices=prices,
+        progress=progress,
+        fsync_interval_s=fsync_interval_s,
+    )
+    return await FileRun(input, output, errors=errors, options=options).run()
+
+
+def _blocking(
+    coroutine_function: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, T]:
+    """The blocking form of ``coroutine_function``, with the same typed signature.
+
+    Inside a running event loop (Jupyter), the call runs on a fresh loop in
+    a worker thread, leaving the caller's loop untouched.
+    """
+
+    @functools.wraps(coroutine_function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine_function(*args, **kwargs))
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ratelane") as pool:
+            return pool.submit(asyncio.run, coroutine_function(*args, **kwargs)).result()
+
+    return call
+
+
+run_file = _blocking(arun_file)
+run_file.__name__ = run_file.__qualname__ = "run_file"
+run_file.__doc__ = """Blocking form of :func:`arun_file` (same arguments), for scripts, notebooks.
+
+Inside a running event loop (Jupyter), the run happens on a fresh loop in a
+worker thread, leaving the caller's loop untouched. Resume a half-done file
+by calling it again with the same paths.
+"""
