@@ -76,6 +76,7 @@ class Discovery:
         "_rejections",
         "_step_at",
         "_step_rpm",
+        "_successes",
         "_successes_in_step",
         "_successes_since_cut",
         "admitted",
@@ -103,6 +104,7 @@ class Discovery:
         # Successes per whole second over the last history_s: [second, count] pairs.
         self._history: deque[list[int]] = deque()
         self._first_success_at: float | None = None
+        self._successes = 0  # in the whole run
 
     def answered(self, now: float, sent_at: float | None = None) -> bool:
         """One answer arrived, counted as a success until :meth:`rejected` says it was a 429.
@@ -195,7 +197,10 @@ class Discovery:
         """Add ``delta`` successes at ``now`` and forget seconds older than ``history_s``."""
         second = int(now)
         history = self._history
-        if delta > 0 and self._first_success_at is None:
+        self._successes += delta
+        if self._successes <= 0:
+            self._first_success_at = None  # every answer so far was a 429
+        elif self._first_success_at is None:
             self._first_success_at = now
         if history and history[-1][0] == second:
             history[-1][1] += delta
