@@ -162,6 +162,58 @@ def test_a_used_up_fixed_window_is_waited_out_not_learned() -> None:
     assert governor.requests_per_minute is not None
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "max_refused_per_minute"),
+    [("turn", 3), ("1s", 30)],
+    ids=["retry-when-the-minute-turns", "retry-after-1s"],
+)
+def test_a_fixed_window_settles_near_its_limit_not_far_above(
+    retry_after: str, max_refused_per_minute: int
+) -> None:
+    # A LiteLLM-style 1,200/min calendar window accepts each minute's burst at any
+    # speed, so the pace at a 429 says little: before rule 5 the pace stayed near
+    # 29,000 rpm, with 3-17 429s a minute (180-540 with a 1 s retry-after).
+    def until_turn(now: float) -> float:
+        return 60.0 - now % 60.0
+
+    async def scenario() -> tuple[Trace, float | None]:
+        governor = RateGovernor()
+        trace = await _drive(
+            governor,
+            FixedWindowServer(1200).accept,
+            duration_s=240,
+            retry_after_s=until_turn if retry_after == "turn" else 1.0,
+        )
+        return trace, governor.requests_per_minute
+
+    trace, pace = run(scenario())
+    refused = [trace.refused_between(m * 60, (m + 1) * 60) for m in range(2, 4)]
+    served = [sum(1 for t in trace.successes if m * 60 <= t < (m + 1) * 60) for m in range(4)]
+    print(f"pace {pace}, 429s a minute {refused}, successes a minute {served}")
+    assert served == [1200] * 4  # the window is used in full every minute
+    assert pace is not None
+    assert 0.75 * 1200 <= pace <= 1.3 * 1200
+    assert max(refused) <= max_refused_per_minute
+
+
+def test_a_cut_is_capped_by_the_success_rate_over_the_history() -> None:
+    tuning = DiscoveryTuning(history_s=60.0)
+    discovery = Discovery(tuning)
+    discovery.answered(0.0)
+    assert discovery.rejected(0.0, sent_at=0.0)  # the first 429: discovery starts
+    discovery.rpm = 30_000.0  # far above what the server takes
+    for second in range(1, 31):  # 10 successes a second for 30 s: 600 rpm achieved
+        for _ in range(10):
+            discovery.answered(float(second))
+    # The 429 at 0 was no success: the history starts at 1 s.
+    assert discovery.achieved_rpm(30.5) is None  # under half the history: no evidence
+    assert discovery.achieved_rpm(31.0) == pytest.approx(600)
+    discovery.answered(31.0)
+    assert discovery.rejected(31.0, sent_at=30.5)
+    # Not 0.8 x 30,000: the margin times the rate the server actually took.
+    assert discovery.rpm == pytest.approx(tuning.margin * 600)
+
+
 def test_discovery_rules_step_by_step() -> None:
     tuning = DiscoveryTuning()
     discovery = Discovery(tuning)

@@ -20,6 +20,12 @@ answer observed, a 429; it answers with the pace to keep (``rpm``).
    grows additively by ``increase_per_s`` of the cut pace per second. 429s from
    attempts sent before the cut (stragglers), and 429s with no success since
    the cut (a used-up fixed window: our rate is not the cause), cut nothing.
+5. **A cut never leaves the pace above what the server took.** With at least
+   half of ``history_s`` of successes behind it, a cut also caps the pace at
+   ``margin`` times the success rate over the last ``history_s``. A fixed
+   per-minute window (LiteLLM) accepts a burst far above its limit each time
+   the minute turns, so the pace in force at a 429 says little; the successes
+   over a minute say exactly what it allows.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class DiscoveryTuning:
     #: Without the send time of a 429-ed attempt, 429s this soon after a cut are stragglers.
     settle_s: float = 1.0
     min_rpm: float = 1.0
+    #: The span over which the success rate caps a cut (rule 5): one fixed window.
+    history_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not (0 < self.cut_factor < 1 and 0 < self.margin <= 1 and self.slow_start_factor > 1):
@@ -62,10 +70,13 @@ class Discovery:
         "_answers",
         "_base_rpm",
         "_cut_at",
+        "_first_success_at",
+        "_history",
         "_rejected_in_step",
         "_rejections",
         "_step_at",
         "_step_rpm",
+        "_successes",
         "_successes_in_step",
         "_successes_since_cut",
         "admitted",
@@ -90,6 +101,10 @@ class Discovery:
         # Before the first 429 only: answer and 429 times over the last window.
         self._answers: deque[float] = deque()
         self._rejections: deque[float] = deque()
+        # Successes per whole second over the last history_s: [second, count] pairs.
+        self._history: deque[list[int]] = deque()
+        self._first_success_at: float | None = None
+        self._successes = 0  # in the whole run
 
     def answered(self, now: float, sent_at: float | None = None) -> bool:
         """One answer arrived, counted as a success until :meth:`rejected` says it was a 429.
@@ -97,6 +112,7 @@ class Discovery:
         Only answers to attempts sent after the last cut count as evidence that
         the new pace gets through: the opening burst's answers say nothing of it.
         Returns True when the pace changed."""
+        self._count_success(now, 1)
         if self.rpm is None:
             _slide(self._answers, now, self.tuning.window_s)
             return False
@@ -136,6 +152,7 @@ class Discovery:
 
         Returns True when the pace changed."""
         tuning = self.tuning
+        self._count_success(now, -1)  # answered() counted it
         if self.rpm is None:
             window = tuning.window_s
             _slide(self._rejections, now, window)
@@ -156,10 +173,42 @@ class Discovery:
         if self._successes_since_cut == 0:
             return False  # nothing got through since the cut: our rate is not the cause
         drawn = self._step_rpm if sent < self._step_at else self.rpm
-        self.rpm = max(tuning.min_rpm, tuning.cut_factor * drawn)
+        cut = tuning.cut_factor * drawn
+        achieved = self.achieved_rpm(now)
+        if achieved is not None:
+            cut = min(cut, tuning.margin * achieved)
+        self.rpm = max(tuning.min_rpm, cut)
         self.slow_start = False
         self._start(now)
         return True
+
+    def achieved_rpm(self, now: float) -> float | None:
+        """Successes per minute over the last ``history_s`` (``None`` with less
+        than half of it seen since the first success)."""
+        first = self._first_success_at
+        history_s = self.tuning.history_s
+        if first is None or now - first < history_s / 2:
+            return None
+        self._count_success(now, 0)
+        span = min(history_s, now - first)
+        return sum(count for _, count in self._history) / span * 60.0
+
+    def _count_success(self, now: float, delta: int) -> None:
+        """Add ``delta`` successes at ``now`` and forget seconds older than ``history_s``."""
+        second = int(now)
+        history = self._history
+        self._successes += delta
+        if self._successes <= 0:
+            self._first_success_at = None  # every answer so far was a 429
+        elif self._first_success_at is None:
+            self._first_success_at = now
+        if history and history[-1][0] == second:
+            history[-1][1] += delta
+        elif delta:
+            history.append([second, delta])
+        oldest = second - int(self.tuning.history_s)
+        while history and history[0][0] < oldest:
+            history.popleft()
 
     def _start(self, now: float) -> None:
         """A new pace from a 429: count successes afresh from now."""
