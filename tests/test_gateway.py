@@ -127,20 +127,7 @@ async def test_litellm_unsupported_params_wording_drops_the_parameter(
 # --------------------------------------------------------------------------- (e) wrong key
 
 
-@pytest.mark.parametrize(
-    "error_body",
-    [
-        "json",
-        pytest.param(
-            "text",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="_engine/retry.py: a non-JSON error body gets code 'invalid_json', "
-                "which fatal_reason() returns as the stop reason before looking at the status",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("error_body", ["json", "text"])
 async def test_a_wrong_key_behind_a_gateway_stops_with_invalid_api_key(error_body: str) -> None:
     # The stop reason for a 401 comes from the HTTP status, whatever the body says
     # (LiteLLM's JSON code "401" is tested on a hand-made server in test_cli_stops.py;
@@ -238,3 +225,4 @@ def test_the_cli_output_line_carries_the_proxy_call_id(tmp_path: Path) -> None:
     assert len(lines) == 3
     assert {line["response"]["request_id"] for line in lines} == sent_ids
     assert all(line["response"]["request_id"] for line in lines)
+    assert all(line["ratelane"]["request_id_header"] == "x-litellm-call-id" for line in lines)

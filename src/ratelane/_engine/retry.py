@@ -326,12 +326,13 @@ def fatal_reason(decision: Decision) -> str:
     """Why a FATAL decision stops the run, as a symbolic code (``invalid_api_key``, ...).
 
     The server's ``code`` when it is symbolic; gateways such as LiteLLM send
-    the HTTP status as the code (``"401"``), so then the reason comes from the
-    status (401: ``invalid_api_key``) or the error type (``insufficient_quota``).
+    the HTTP status as the code (``"401"``), and a plain-text body has no code
+    at all, so then the reason comes from the status (401: ``invalid_api_key``)
+    or the error type (``insufficient_quota``).
     """
     error = decision.error
     code = error.code if error is not None else None
-    if code and not code.isdigit():
+    if code and not code.isdigit() and code != "invalid_json":
         return code
     if decision.status == 401:
         return "invalid_api_key"

@@ -94,11 +94,16 @@ def _dump(line: dict[str, Any]) -> bytes:
 
 
 def _ratelane_extra(result: Result) -> dict[str, Any]:
-    return {
+    extra: dict[str, Any] = {
         "attempts": result.attempts,
         "latency_s": round(result.latency_s, 6),
         "dropped_params": list(result.dropped_params),
     }
+    header = result.request_id_header
+    if header is not None and header != "x-request-id":
+        # Behind a gateway the id is the proxy's own: say which header it came from.
+        extra["request_id_header"] = header
+    return extra
 
 
 def _raw_json(result: Result) -> Any:
