@@ -270,7 +270,7 @@ def _complete_ids(path: Path) -> list[str]:
     return [orjson.loads(raw)["custom_id"] for raw in data[: data.rfind(b"\n") + 1].splitlines()]
 
 
-async def test_sigkill_at_random_moments_then_a_fast_resume_loses_and_duplicates_nothing(
+def test_sigkill_at_random_moments_then_a_fast_resume_loses_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:
     seed = random.randrange(1 << 30)
@@ -296,8 +296,8 @@ async def test_sigkill_at_random_moments_then_a_fast_resume_loses_and_duplicates
             assert len(set(kept)) == len(kept), f"seed {seed}"
         assert _line_count(output) < len(ids)  # the kills landed mid-run
     kept = _complete_ids(output)
-    async with FakeOpenAI() as healthy:
-        resumed = await ratelane.arun_file(source, output, **options(healthy))
+    with FakeOpenAI().run_in_thread() as healthy:
+        resumed = ratelane.run_file(source, output, **options(healthy))
     assert resumed.ok and resumed.fast_resume, f"seed {seed}"
     assert sorted(output_ids(output)) == sorted(ids), f"seed {seed}"
     assert healthy.ledger.total == len(ids) - len(kept), f"seed {seed}"
