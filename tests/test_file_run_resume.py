@@ -250,10 +250,18 @@ async def test_a_changed_input_or_output_never_misleads_a_resume(
 
 # --------------------------------------------------------------------------- crashes
 
-_CHILD = """
-import sys, ratelane
-ratelane.run_file(sys.argv[1], sys.argv[2], api_key=sys.argv[3], base_url=sys.argv[4],
-                  progress=False, max_concurrency=32, fsync_interval_s=0.01)
+# Imports ratelane once, then forks a fresh run for each line read from stdin and
+# prints its pid, then its wait status: a kill costs a fork, not an interpreter start.
+_ZYGOTE = """
+import os, sys, ratelane
+for _ in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        ratelane.run_file(sys.argv[1], sys.argv[2], api_key=sys.argv[3], base_url=sys.argv[4],
+                          progress=False, max_concurrency=32, fsync_interval_s=0.01)
+        os._exit(0)
+    print(pid, flush=True)
+    print(os.waitpid(pid, 0)[1], flush=True)
 """
 
 
@@ -279,21 +287,25 @@ def test_sigkill_at_random_moments_then_a_fast_resume_loses_and_duplicates_nothi
     ids = write_input(source, 1000)
     fake = FakeOpenAI(latency=Latency(0.004, sigma=0.8), seed=seed)
     with fake.run_in_thread() as server:
-        argv = [sys.executable, "-c", _CHILD, source, output, server.api_key, server.base_url]
-        for kill in range(2):
-            target = _line_count(output) + rng.randrange(50, 300)
-            child = subprocess.Popen(argv, stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 20
-            while _line_count(output) < target or not marker_path(output).exists():
-                assert child.poll() is None, (seed, child.stderr and child.stderr.read())
-                assert time.monotonic() < deadline, f"kill {kill}: {target} lines (seed {seed})"
-                time.sleep(0.002)
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            if child.stderr:
-                child.stderr.close()
-            kept = _complete_ids(output)
-            assert len(set(kept)) == len(kept), f"seed {seed}"
+        argv = [sys.executable, "-c", _ZYGOTE, source, output, server.api_key, server.base_url]
+        with subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as zygote:
+            assert zygote.stdin is not None and zygote.stdout is not None
+            for kill in range(3):
+                target = _line_count(output) + rng.randrange(30, 200)
+                zygote.stdin.write("run\n")
+                zygote.stdin.flush()
+                pid = int(zygote.stdout.readline())
+                deadline = time.monotonic() + 20
+                while _line_count(output) < target or not marker_path(output).exists():
+                    os.kill(pid, 0)  # still running (the zygote reaps it when it ends)
+                    assert time.monotonic() < deadline, f"kill {kill}: {target} lines (seed {seed})"
+                    time.sleep(0.002)
+                os.kill(pid, signal.SIGKILL)
+                assert int(zygote.stdout.readline()) == signal.SIGKILL  # its wait status
+                kept = _complete_ids(output)
+                assert len(set(kept)) == len(kept), f"seed {seed}"
         assert _line_count(output) < len(ids)  # the kills landed mid-run
     kept = _complete_ids(output)
     with FakeOpenAI().run_in_thread() as healthy:
