@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 import ratelane
+from ratelane._files import marker
 from ratelane._files.checkpoint import DoneSet
 from ratelane._files.file_run import _requests
 from ratelane._files.marker import START, DonePrefix, load_checkpoint, marker_path
@@ -151,6 +152,20 @@ def test_the_prefix_passes_only_contiguous_successes() -> None:
     prefix.sent("d", (40, 4, 4))
     prefix.succeeded("d", 200)
     assert prefix.marker(300) == ((30, 3, 3), 200)
+
+
+def test_one_stuck_request_cannot_make_the_window_grow_without_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(marker, "MAX_WINDOW", 3)
+    prefix = DonePrefix()
+    for n in range(10):
+        prefix.sent(f"r{n}", (n * 10, n, n))
+        prefix.frontier = (n * 10 + 10, n + 1, n + 1)
+    for n in range(1, 10):  # r0 never finishes
+        prefix.succeeded(f"r{n}", 100 + n)
+    assert prefix.marker(500) == ((0, 0, 0), 101)
+    assert len(prefix._queue) == len(prefix._pending) == len(prefix._written) == 0
 
 
 # --------------------------------------------------------------------------- through run_file

@@ -59,6 +59,8 @@ _TAIL_BYTES = 4096
 #: Checkpoints kept in the sidecar: the newest ``_RECENT`` always, older ones thinned.
 _KEEP = 32
 _RECENT = 8
+#: Lines sent past the prefix that :class:`DonePrefix` tracks at most (~150 bytes each).
+MAX_WINDOW = 100_000
 
 #: ``(input_offset, input_line, done_lines)``: a place in INPUT between two lines.
 Position = tuple[int, int, int]
@@ -114,7 +116,8 @@ class DonePrefix:
     which a resume must read to find all of them (the earliest such line
     written, or OUTPUT's end). The first failure freezes both for the rest of
     the run (the line is sent again on resume), and from then on nothing is
-    recorded.
+    recorded; so does a window of more than ``MAX_WINDOW`` lines behind one
+    unfinished request, which bounds the memory.
     """
 
     __slots__ = (
@@ -161,16 +164,23 @@ class DonePrefix:
         queue = self._queue
         while queue and queue[0][1]:
             queue.popleft()[2] = True
+        if len(queue) > MAX_WINDOW:
+            # A request stuck for long while the rest flows: stop tracking rather than
+            # hold every later line (the prefix stays before it, which is sound).
+            self._freeze(output_offset)
+
+    def _freeze(self, output_size: int) -> None:
+        self._frozen = self.marker(output_size)
+        self._queue.clear()
+        self._pending.clear()
+        self._written.clear()
 
     def failed(self, custom_id: str, output_size: int) -> None:
         """``custom_id`` failed (sent again on resume); OUTPUT is ``output_size`` bytes."""
         if self._pending.pop(custom_id, None) is None:
             return
         # Later successes land at or after output_size, or are already in _written.
-        self._frozen = self.marker(output_size)
-        self._queue.clear()
-        self._pending.clear()
-        self._written.clear()
+        self._freeze(output_size)
 
     def position(self) -> Position:
         """Every non-blank line before this position has a success written."""
