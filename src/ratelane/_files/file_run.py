@@ -7,8 +7,9 @@ to stop it before anything is sent::
 
     options valid -> paths distinct -> INPUT valid (or unchanged since it was
     validated, see validated.py) and not empty -> lock OUTPUT -> repair a torn
-    last line -> read OUTPUT's successes -> send the rest, appending each
-    result as it completes -> fsync -> FileRunSummary
+    last line -> read OUTPUT's successes (only past the resume marker when it
+    holds, see marker.py) -> send the rest, appending each result as it
+    completes -> fsync, then record the marker -> FileRunSummary
 
 Resume is the same call again: lines whose ``custom_id`` already has a
 success in OUTPUT are skipped, everything else (earlier failures included) is
