@@ -268,14 +268,16 @@ def _fast_success_id(raw: bytes) -> str | None:
         return None
 
 
-def _success_ids(path: StrPath) -> Iterator[str]:
-    """``custom_id`` of each success line: ``"error": null`` and a 2xx status."""
+def _success_ids(path: StrPath, start: int = 0) -> Iterator[str]:
+    """``custom_id`` of each success line from byte ``start`` (a line start) on:
+    ``"error": null`` and a 2xx status."""
     try:
         file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return
     unreadable = 0
     with file:
+        file.seek(start)
         for raw in file:
             if not raw.endswith(b"\n"):
                 break  # a torn last line is never a result
@@ -342,9 +344,12 @@ class DoneSet:
         self._starts.append(len(hashes))
 
     @classmethod
-    def from_output(cls, path: StrPath, *, hash_function: Callable[[str], int] = hash) -> DoneSet:
-        """The successes recorded in OUTPUT; empty if the file does not exist yet."""
-        return cls(_success_ids(path), hash_function=hash_function)
+    def from_output(
+        cls, path: StrPath, *, start: int = 0, hash_function: Callable[[str], int] = hash
+    ) -> DoneSet:
+        """The successes recorded in OUTPUT (from byte ``start``, a line start, on);
+        empty if the file does not exist yet."""
+        return cls(_success_ids(path, start), hash_function=hash_function)
 
     def __contains__(self, custom_id: object) -> bool:
         if not isinstance(custom_id, str):
@@ -459,7 +464,8 @@ class ResultWriter:
     again on resume and ERRORS describes the latest run. Each line is one
     ``os.write`` (no user-space buffer to flush); both files are fsync-ed
     when ``fsync_interval_s`` has passed since the last fsync (0: after every
-    line) and on :meth:`close`. Hold an :class:`OutputLock` while writing.
+    line) and on :meth:`close`, each time followed by ``on_sync(output_size)``
+    (the resume marker's hook). Hold an :class:`OutputLock` while writing.
     """
 
     __slots__ = (
@@ -467,10 +473,12 @@ class ResultWriter:
         "_errors_fd",
         "_fsync_interval_s",
         "_last_fsync",
+        "_on_sync",
         "_output_fd",
         "errors_path",
         "failed",
         "output_path",
+        "output_size",
         "repaired_bytes",
         "succeeded",
     )
@@ -482,6 +490,7 @@ class ResultWriter:
         *,
         fsync_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        on_sync: Callable[[int], None] | None = None,
     ) -> None:
         if not fsync_interval_s >= 0:
             raise ConfigurationError(
@@ -496,6 +505,7 @@ class ResultWriter:
         self.errors_path = Path(errors_path)
         self._fsync_interval_s = fsync_interval_s
         self._clock = clock
+        self._on_sync = on_sync
         self.repaired_bytes = repair_torn_tail(output_path)
         self._output_fd: int | None = os.open(
             output_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
@@ -508,6 +518,8 @@ class ResultWriter:
             os.close(self._output_fd)
             raise
         self._last_fsync = clock()
+        #: OUTPUT's length in bytes: where the next success line goes.
+        self.output_size = os.fstat(self._output_fd).st_size
         self.succeeded = 0
         self.failed = 0
 
@@ -517,24 +529,39 @@ class ResultWriter:
 
     def write(self, result: Result) -> None:
         """Append one result's line; fsync both files if the interval has passed."""
+        self.append(result)
+        self.sync_if_due()
+
+    def append(self, result: Result) -> int:
+        """Append one result's line without syncing; return OUTPUT's offset of a
+        success line (``-1`` for a failure, which goes to ERRORS)."""
         if self._output_fd is None or self._errors_fd is None:
             raise ValueError(f"{self!r} is closed")
         if result.ok:
-            _write_all(self._output_fd, success_line(result))
+            line = success_line(result)
+            _write_all(self._output_fd, line)
+            offset = self.output_size
+            self.output_size = offset + len(line)
             self.succeeded += 1
-        else:
-            _write_all(self._errors_fd, failure_line(result))
-            self.failed += 1
+            return offset
+        _write_all(self._errors_fd, failure_line(result))
+        self.failed += 1
+        return -1
+
+    def sync_if_due(self) -> None:
+        """fsync both files if ``fsync_interval_s`` has passed since the last fsync."""
         if self._clock() - self._last_fsync >= self._fsync_interval_s:
             self.sync()
 
     def sync(self) -> None:
-        """fsync both files now."""
+        """fsync both files now, then call ``on_sync`` with OUTPUT's durable size."""
         if self._output_fd is None or self._errors_fd is None:
             return
         os.fsync(self._output_fd)
         os.fsync(self._errors_fd)
         self._last_fsync = self._clock()
+        if self._on_sync is not None:
+            self._on_sync(self.output_size)
 
     def close(self) -> None:
         """fsync and close both files; calling it again does nothing."""

@@ -7,8 +7,9 @@ to stop it before anything is sent::
 
     options valid -> paths distinct -> INPUT valid (or unchanged since it was
     validated, see validated.py) and not empty -> lock OUTPUT -> repair a torn
-    last line -> read OUTPUT's successes -> send the rest, appending each
-    result as it completes -> fsync -> FileRunSummary
+    last line -> read OUTPUT's successes (only past the resume marker when it
+    holds, see marker.py) -> send the rest, appending each result as it
+    completes -> fsync, then record the marker -> FileRunSummary
 
 Resume is the same call again: lines whose ``custom_id`` already has a
 success in OUTPUT are skipped, everything else (earlier failures included) is
@@ -41,11 +42,13 @@ from ratelane._limits.governor import RateGovernor
 
 from .checkpoint import DoneSet, OutputLock, ResultWriter
 from .input import (
+    _BOM,
+    _READ_BUFFER,
     ValidationReport,
     validate_batch_file,
 )
-from .input import _numbered_lines as numbered_lines
 from .input import _parse as parse_line
+from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
 from .progress import Progress
 from .validated import Fingerprint, load_report, save_report
 
@@ -148,6 +151,8 @@ class FileRunSummary:
     ``stop_reason``/``stop_message``/``stop_status`` describe a FATAL stop
     (``stop_status`` is the HTTP status of the answer that caused it, if any).
     ``revalidated`` is false when INPUT was known valid and unchanged.
+    ``fast_resume`` is true when the resume marker (``<OUTPUT>.resume.json``)
+    let the run start reading INPUT and OUTPUT past their done prefix.
     """
 
     reason: ExitReason
@@ -168,6 +173,7 @@ class FileRunSummary:
     learned_tpm: float | None = None
     repaired_bytes: int = 0
     revalidated: bool = True
+    fast_resume: bool = False
 
     @property
     def ok(self) -> bool:
@@ -232,21 +238,43 @@ def _leading_id(raw: bytes) -> str | None:
         return None
 
 
+def _lines_from(path: Path, start: Position) -> Iterator[tuple[int, int, bytes]]:
+    """``(line_number, end_offset, raw)`` of each non-blank line from ``start`` on, BOM removed."""
+    offset, number, _ = start
+    with open(path, "rb", buffering=_READ_BUFFER) as file:
+        file.seek(offset)
+        for raw in file:
+            number += 1
+            offset += len(raw)
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            if raw.isspace() or not raw:
+                continue
+            yield number, offset, raw
+
+
 def _requests(
-    path: Path, done: DoneSet, default_model: str | None
+    path: Path, done: DoneSet, default_model: str | None, prefix: DonePrefix
 ) -> Iterator[tuple[int, Request]]:
-    """``(line_number, Request)`` for each line of INPUT without a success in ``done``.
+    """``(line_number, Request)`` for each line of INPUT without a success in ``done``,
+    from ``prefix.frontier`` on (the lines before it are known done).
 
     INPUT was validated, so each line gets only the checks that keep a request
     well-formed (one parse, a few type tests); a line that fails them means
     INPUT changed since: :class:`InputError` with the line number and the
-    validator's full message.
+    validator's full message. ``prefix`` learns each line read (skipped or sent).
     """
     skipping = len(done) > 0
-    for number, raw in numbered_lines(path):
+    before = prefix.frontier
+    count = before[2]
+    for number, end, raw in _lines_from(path, before):
+        count += 1
+        after = (end, number, count)
         if skipping:
             custom_id = _leading_id(raw)
             if custom_id is not None and custom_id in done:
+                prefix.frontier = prefix.last_skip = before = after
+                prefix.skips += 1
                 continue
         obj, problem = parse_line(raw)
         if problem is not None:
@@ -263,9 +291,13 @@ def _requests(
                 and obj.get("method") == "POST"
             ):
                 if skipping and custom_id in done:
+                    prefix.frontier = prefix.last_skip = before = after
+                    prefix.skips += 1
                     continue
                 if default_model is not None and "model" not in body:
                     body = {"model": default_model, **body}
+                prefix.sent(custom_id, before)
+                prefix.frontier = before = after
                 yield number, Request(body, custom_id, url)
                 continue
         raise InputError("; ".join(line_problems(obj, number)), line=number)
@@ -283,8 +315,9 @@ class _Feed:
         *,
         default_model: str | None,
         on_exhausted: Callable[[int], None],
+        prefix: DonePrefix,
     ) -> None:
-        self._lines = _requests(path, done, default_model)
+        self._lines = _requests(path, done, default_model, prefix)
         self._on_exhausted = on_exhausted
         self.sent = 0
         self.exhausted = False
@@ -387,6 +420,8 @@ class FileRun:
         self._abandoned: int | None = None
         self._stop_status: int | None = None
         self._bar: Any = None
+        self._prefix: DonePrefix | None = None
+        self._marker: MarkerFile | None = None
 
     # -- control, callable from a signal handler or another task ------------------
     def stop(self) -> None:
@@ -443,11 +478,15 @@ class FileRun:
             prices=options.prices,
         )
 
-    def _validated(self) -> tuple[ValidationReport, bool]:
-        """INPUT's report, and whether it was validated now (not remembered)."""
+    def _validated(self) -> tuple[ValidationReport, bool, Fingerprint | None]:
+        """INPUT's report, whether it was validated now (not remembered), and the
+        fingerprint of the INPUT it describes (``None``: unknown)."""
         remembered = load_report(self.output_path, self.input_path)
         if remembered is not None:
-            return remembered, False
+            try:
+                return remembered, False, Fingerprint.of(self.input_path)
+            except OSError:
+                return remembered, False, None
         began_ns = time.time_ns()
         try:
             before: Fingerprint | None = Fingerprint.of(self.input_path)
@@ -456,7 +495,36 @@ class FileRun:
         report = check_input(self.input_path, estimate_tokens=False)  # a run needs no estimate
         if report.lines and before is not None:
             save_report(self.output_path, self.input_path, report, before, began_ns=began_ns)
-        return report, True
+        return report, True, before
+
+    def _resume_from(
+        self, fingerprint: Fingerprint | None, revalidated: bool
+    ) -> tuple[Checkpoint | None, DoneSet]:
+        """Where this run starts reading INPUT, and the successes in OUTPUT after that point.
+
+        The marker is used only when INPUT is the one it was written for (known
+        unchanged since validation); otherwise, and for OUTPUT changed under
+        it, OUTPUT is read whole (the slow path).
+        """
+        start: Checkpoint | None = None
+        earlier: tuple[Checkpoint, ...] = ()
+        if fingerprint is not None and not revalidated:
+            start, earlier = load_checkpoint(self.output_path, self.input_path, fingerprint)
+        if fingerprint is not None:
+            self._marker = MarkerFile(
+                self.output_path, self.input_path, fingerprint, earlier=earlier
+            )
+        scan_from = start.scan_from if start is not None else 0
+        done = DoneSet.from_output(self.output_path, start=scan_from)
+        self._prefix = DonePrefix(
+            start.position if start is not None else START, scan_from=scan_from, done=len(done)
+        )
+        return start, done
+
+    def _checkpoint(self, output_size: int) -> None:
+        """After each fsync of OUTPUT: record how far INPUT is done (the resume marker)."""
+        if self._marker is not None and self._prefix is not None:
+            self._marker.checkpoint(self._prefix, output_size)
 
     async def run(self) -> FileRunSummary:
         """Validate, lock, resume and send; return the summary.
@@ -473,7 +541,7 @@ class FileRun:
         client = self._client()
         check_paths(self.input_path, self.output_path, self.errors_path)
         # In a worker thread: seconds on a big file, and the loop stays free (signals, UIs).
-        report, revalidated = await asyncio.to_thread(self._validated)
+        report, revalidated, fingerprint = await asyncio.to_thread(self._validated)
         if report.lines == 0:
             raise empty_input(self.input_path)
         with (
@@ -482,31 +550,53 @@ class FileRun:
                 self.output_path,
                 self.errors_path,
                 fsync_interval_s=self.options.fsync_interval_s,
+                on_sync=self._checkpoint,
             ) as writer,
         ):
-            done = await asyncio.to_thread(DoneSet.from_output, self.output_path)
+            start, done = await asyncio.to_thread(self._resume_from, fingerprint, revalidated)
+            known_done = len(done) + (start.done_lines if start is not None else 0)
             async with client:
-                stats, fatal = await self._send(client, writer, done, report)
+                stats, fatal = await self._send(client, writer, done, report, known_done)
                 governor = self._engine_run.governor if self._engine_run else None
-        return self._summary(report, done, stats, fatal, writer, governor, revalidated)
+        return self._summary(
+            report, known_done, stats, fatal, writer, governor, revalidated, start is not None
+        )
 
     async def _send(
-        self, client: Client, writer: ResultWriter, done: DoneSet, report: ValidationReport
+        self,
+        client: Client,
+        writer: ResultWriter,
+        done: DoneSet,
+        report: ValidationReport,
+        known_done: int,
     ) -> tuple[RunStats, tuple[str, str] | None]:
         engine_run = _EngineRun(client)
         self._engine_run = engine_run
-        bar = self._progress_bar(max(0, report.lines - len(done)))
+        prefix = self._prefix if self._prefix is not None else DonePrefix()
+        bar = self._progress_bar(max(0, report.lines - known_done))
         feed = _Feed(
-            self.input_path, done, default_model=self.options.model, on_exhausted=bar.exhausted
+            self.input_path,
+            done,
+            default_model=self.options.model,
+            on_exhausted=bar.exhausted,
+            prefix=prefix,
         )
         feed.stopped = self._stop_requested  # stop() before sending began: send nothing
         self._feed = feed
-        write = writer.write
+        append = writer.append
+        sync_if_due = writer.sync_if_due
         on_result = self._on_result
         tick = bar.tick
+        succeeded, failed = prefix.succeeded, prefix.failed
 
         async def sink(result: Result) -> None:
-            write(result)
+            # The resume marker learns of the line before the fsync that may follow it.
+            offset = append(result)
+            if offset >= 0:
+                succeeded(result.custom_id, offset)
+            else:
+                failed(result.custom_id, writer.output_size)
+            sync_if_due()
             if not result.ok and self._stop_status is None and engine_run.fatal is not None:
                 self._stop_status = result.status_code
             if on_result is not None:
@@ -541,17 +631,18 @@ class FileRun:
     def _summary(
         self,
         report: ValidationReport,
-        done: DoneSet,
+        known_done: int,
         stats: RunStats,
         fatal: tuple[str, str] | None,
         writer: ResultWriter,
         governor: RateGovernor | None,
         revalidated: bool,
+        fast_resume: bool,
     ) -> FileRunSummary:
         feed = self._feed
         exhausted = feed is not None and feed.exhausted and self._abandoned is None
         # Lines already in OUTPUT that are also in INPUT: exact once INPUT was read to the end.
-        skipped = min(len(done), report.lines)
+        skipped = min(known_done, report.lines)
         if feed is not None and exhausted:
             skipped = report.lines - feed.sent
         if fatal is not None:
@@ -582,6 +673,7 @@ class FileRun:
             learned_tpm=governor.learned_tpm if governor else None,
             repaired_bytes=writer.repaired_bytes,
             revalidated=revalidated,
+            fast_resume=fast_resume,
         )
 
 
