@@ -198,12 +198,12 @@ async def test_truncated_body_is_a_bare_json_error(client: openai.AsyncOpenAI) -
 
 
 async def test_sdk_retries_honour_retry_after_ms() -> None:
-    # 40 RPM with a 1 s quantum: one request per 1.5 s. The second request is
-    # refused with retry-after-ms of about 1.5 s, much longer than the SDK's own
-    # first backoff (at most 0.5 s), so the gap proves the header was used.
-    interval_s = 1.5
+    # 60 RPM with a 1 s quantum: one request per 1 s. The second request is
+    # refused with retry-after-ms of about 1 s, twice the SDK's own longest
+    # first backoff (0.5 s), so the gap proves the header was used.
+    interval_s = 1.0
     async with (
-        FakeOpenAI(api_key=KEY, rpm=40, faults=Faults()) as server,
+        FakeOpenAI(api_key=KEY, rpm=60, faults=Faults()) as server,
         openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=2) as sdk,
     ):
         await sdk.responses.create(model="gpt-4o", input="first")
