@@ -307,9 +307,9 @@ def test_the_grace_period_ends_a_stuck_shutdown(
     output = tmp_path / "out.jsonl"
     write_input(source, 50)
     faults = Faults(stall=1.0, stall_s=60, stall_then="answer")
-    # The real CLI with a 1 s grace instead of GRACE_S, so the test does not wait 10 s.
+    # The real CLI with a 0.5 s grace instead of GRACE_S, so the test does not wait 10 s.
     script = (
-        "import sys, ratelane._cli.run as run_command; run_command.GRACE_S = 1.0; "
+        "import sys, ratelane._cli.run as run_command; run_command.GRACE_S = 0.5; "
         "from ratelane._cli.main import main; sys.argv[0] = 'ratelane'; "
         "raise SystemExit(main(sys.argv[1:]))"
     )
@@ -322,7 +322,7 @@ def test_the_grace_period_ends_a_stuck_shutdown(
         assert running.wait() == 130, running.stderr
         stderr = running.stderr
         assert "SIGTERM: stopping" in stderr
-        assert "1 s grace period over: abandoning" in stderr
+        assert "0.5 s grace period over: abandoning" in stderr
         assert "ratelane run " in stderr  # the resume command
         assert output.read_bytes() == b""
 

@@ -24,8 +24,9 @@ import orjson
 import pytest
 
 from _inprocess_cli import InProcessCli
+from ratelane._cli import demo as demo_command
 from ratelane._cli.summary import LatencySample, compact_number, progress_postfix
-from ratelane.testing import ECHO_PREFIX, FakeOpenAI
+from ratelane.testing import ECHO_PREFIX, FakeOpenAI, Latency
 
 TIMEOUT_S = 60
 MODEL = "gpt-4.1-mini"
@@ -381,7 +382,11 @@ def test_progress_bar_is_drawn_when_stderr_is_a_terminal(
 # --------------------------------------------------------------------------- demo
 
 
-def test_demo_runs_offline_and_shows_results(tmp_path: Path, ratelane: InProcessCli) -> None:
+def test_demo_runs_offline_and_shows_results(
+    tmp_path: Path, ratelane: InProcessCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo's fake server without its show-off latency (0.2 s median a request).
+    monkeypatch.setattr(demo_command, "DEMO_LATENCY", Latency(0.0))
     directory = tmp_path / "demo"
     env = cli_env(None)
     shown = ratelane("demo", "--dir", directory, "--count", "50", env=env)

@@ -285,14 +285,14 @@ async def test_fixed_latency_is_applied(session: aiohttp.ClientSession) -> None:
 
 async def test_latency_sleeps_concurrently(session: aiohttp.ClientSession) -> None:
     async with (
-        FakeOpenAI(api_key=KEY, latency=0.5, rpm=None, tpm=None) as server,
+        FakeOpenAI(api_key=KEY, latency=0.2, rpm=None, tpm=None) as server,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=300)) as wide,
     ):
         started = time.monotonic()
         results = await asyncio.gather(*(post(wide, server) for _ in range(300)))
         elapsed = time.monotonic() - started
     assert all(status == 200 for status, _, _ in results)
-    assert elapsed < 8  # 300 x 0.5 s in sequence would be 150 s
+    assert elapsed < 8  # 300 x 0.2 s in sequence would be 60 s
 
 
 def test_lognormal_latency_is_seeded_with_the_right_median() -> None:
