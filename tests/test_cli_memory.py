@@ -1,15 +1,13 @@
 """Peak memory of ``ratelane run`` does not grow with the input: 6,000 lines vs 1,000.
 
-Each run is a fresh CLI process against a zero-latency fake server in a
-process of its own; its peak RSS is ``ru_maxrss`` as seen by a small wrapper
+Each run is a fresh CLI process against a zero-latency fake server (a thread
+of the pytest process); its peak RSS is ``ru_maxrss`` as seen by a small wrapper
 process that started it (see ``WRAPPER``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+
+from ratelane.testing import FakeOpenAI
 
 TIMEOUT_S = 60
 SMALL, LARGE = 1_000, 6_000
@@ -30,19 +30,10 @@ MARGIN_MB = (LARGE - SMALL) * 400 / 1e6
 @pytest.fixture(scope="module")
 def fake_server_url() -> Iterator[str]:
     # Unlimited: the default tier-5 account (500 requests/s) would make this a rate test.
-    argv = [sys.executable, "-m", "ratelane", "fake-server", "--port", "0", "--unlimited",
-            "--ledger-limit", "100", "--store-limit", "100"]  # fmt: skip
-    with subprocess.Popen(argv, stdout=subprocess.PIPE) as process:
-        try:
-            assert process.stdout is not None
-            info = json.loads(process.stdout.readline())
-            yield str(info["base_url"])
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    # A thread of this process (idle while it waits for the measured CLI process).
+    fake = FakeOpenAI(api_key="sk-fake", rpm=None, tpm=None, ledger_limit=100, store_limit=100)
+    with fake.run_in_thread() as server:
+        yield server.base_url
 
 
 def write_input(path: Path, count: int) -> None:
