@@ -160,6 +160,18 @@ def test_help_documents_exit_codes_lock_and_errors_file(ratelane: InProcessCli) 
         assert needle in text, needle
 
 
+def test_the_real_entry_point_exits_with_the_code_main_returns(tmp_path: Path) -> None:
+    # The other tests here call main(argv); this one goes through ``python -m ratelane``.
+    checked = subprocess.run(
+        [sys.executable, "-m", "ratelane", "run", str(tmp_path / "missing.jsonl"),
+         "-o", str(tmp_path / "out.jsonl")],
+        env=cli_env(None, key="sk-x"), capture_output=True, text=True, timeout=TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+    assert checked.returncode == 2, checked.stderr
+    assert "does not exist" in checked.stderr
+
+
 # --------------------------------------------------------------------------- validation
 
 
