@@ -121,6 +121,7 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
     return results, out, seconds
 
 
+@pytest.mark.slow  # the shared run_all.py --smoke takes 4-6 s
 def test_smoke_suite_runs_every_scenario(smoke_results: tuple[dict[str, Any], Path, float]) -> None:
     results, out, seconds = smoke_results
     assert results["errors"] == {}
@@ -135,6 +136,7 @@ def test_smoke_suite_runs_every_scenario(smoke_results: tuple[dict[str, Any], Pa
     print(f"smoke benchmark suite: {seconds:.1f} s")
 
 
+@pytest.mark.slow  # the shared run_all.py --smoke takes 4-6 s
 def test_smoke_suite_outcomes(smoke_results: tuple[dict[str, Any], Path, float]) -> None:
     scenarios = smoke_results[0]["scenarios"]
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
+from _inprocess_cli import InProcessCli, Ran
 from ratelane.testing import FakeOpenAI, Faults, Latency
 
 TIMEOUT_S = 60
@@ -61,10 +62,16 @@ def cli_env(server: FakeOpenAI, *, key: str | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, env=env, timeout=TIMEOUT_S, capture_output=True, text=True, check=False
-    )
+@pytest.fixture
+def ratelane(in_process_cli: InProcessCli) -> InProcessCli:
+    """A run needing no process boundary (a resume, the second run against a held lock)."""
+    return in_process_cli
+
+
+def run_resume(ratelane: InProcessCli, resume: list[str], env: dict[str, str]) -> Ran:
+    """Run a printed resume command (``python -m ratelane ARGS``) through ``main(ARGS)``."""
+    assert resume[:3] == [sys.executable, "-m", "ratelane"], resume
+    return ratelane(*resume[3:], env=env)
 
 
 def command(*args: str | os.PathLike[str]) -> list[str]:
@@ -171,7 +178,7 @@ def resume_command_in(stderr: str) -> list[str]:
 
 
 def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
-    tmp_path: Path, start: Callable[..., Running]
+    tmp_path: Path, start: Callable[..., Running], ratelane: InProcessCli
 ) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -201,19 +208,21 @@ def test_sigkill_at_random_moments_then_resume_loses_and_duplicates_nothing(
             kept = complete_lines(output)
             assert len({line["custom_id"] for line in kept}) == len(kept), f"seed {seed}"
         assert line_count(output) < len(ids)  # the kills landed mid-run
-        final = start(argv, env)
-        assert final.wait() == 0, final.stderr
+        final = ratelane(*argv[3:], env=env)  # the resume needs no process boundary
+        assert final.returncode == 0, final.stderr
         assert_each_once(output, ids)
         assert server.ledger.by_status.get(200, 0) >= len(ids)
 
 
-def test_a_torn_last_line_is_repaired_and_its_request_sent_again(tmp_path: Path) -> None:
+def test_a_torn_last_line_is_repaired_and_its_request_sent_again(
+    tmp_path: Path, ratelane: InProcessCli
+) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
     ids = write_input(source, 40)
     with FakeOpenAI(api_key=KEY).run_in_thread() as server:
         env = cli_env(server)
-        first = run_cli(command("run", source, "-o", output), env)
+        first = ratelane("run", source, "-o", output, env=env)
         assert first.returncode == 0, first.stderr
         data = output.read_bytes()
         last_start = data.rstrip(b"\n").rfind(b"\n") + 1
@@ -221,7 +230,7 @@ def test_a_torn_last_line_is_repaired_and_its_request_sent_again(tmp_path: Path)
         output.write_bytes(data[: last_start + 25])  # a crash mid-write of the last line
         sent = server.ledger.total
 
-        second = run_cli(command("run", source, "-o", output), env)
+        second = ratelane("run", source, "-o", output, env=env)
         assert second.returncode == 0, second.stderr
         assert "incomplete last line" in second.stderr
         assert [entry.custom_id for entry in server.ledger.entries[sent:]] == [torn_id]
@@ -232,7 +241,7 @@ def test_a_torn_last_line_is_repaired_and_its_request_sent_again(tmp_path: Path)
 
 
 def test_sigint_stops_cleanly_prints_the_resume_command_and_resume_completes(
-    tmp_path: Path, start: Callable[..., Running]
+    tmp_path: Path, start: Callable[..., Running], ratelane: InProcessCli
 ) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
@@ -252,15 +261,17 @@ def test_sigint_stops_cleanly_prints_the_resume_command_and_resume_completes(
         assert len({line["custom_id"] for line in kept}) == len(kept)
         resume = resume_command_in(stderr)
         assert resume[-4:] == ["-o", str(output), "--max-concurrency", "8"]
-
-        finished = run_cli(resume, env)
+    # The resume against a server without the 20 ms latency: 8 at a time, quickly.
+    with FakeOpenAI(api_key=KEY).run_in_thread() as fast:
+        finished = run_resume(ratelane, resume, cli_env(fast))
         assert finished.returncode == 0, finished.stderr
         assert f"{len(kept):,} skipped" in finished.stderr
+        assert fast.ledger.total == len(ids) - len(kept)
         assert_each_once(output, ids)
 
 
 def test_a_second_sigint_abandons_stalled_requests_at_once(
-    tmp_path: Path, start: Callable[..., Running]
+    tmp_path: Path, start: Callable[..., Running], ratelane: InProcessCli
 ) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
@@ -283,7 +294,7 @@ def test_a_second_sigint_abandons_stalled_requests_at_once(
         assert len({line["custom_id"] for line in kept}) == len(kept)
         resume = resume_command_in(running.stderr)
     with FakeOpenAI(api_key=KEY).run_in_thread() as healthy:
-        done = run_cli(resume, cli_env(healthy))
+        done = run_resume(ratelane, resume, cli_env(healthy))
         assert done.returncode == 0, done.stderr
         assert healthy.ledger.total == len(ids) - len(kept)
         assert_each_once(output, ids)
@@ -296,9 +307,9 @@ def test_the_grace_period_ends_a_stuck_shutdown(
     output = tmp_path / "out.jsonl"
     write_input(source, 50)
     faults = Faults(stall=1.0, stall_s=60, stall_then="answer")
-    # The real CLI with a 1 s grace instead of GRACE_S, so the test does not wait 10 s.
+    # The real CLI with a 0.5 s grace instead of GRACE_S, so the test does not wait 10 s.
     script = (
-        "import sys, ratelane._cli.run as run_command; run_command.GRACE_S = 1.0; "
+        "import sys, ratelane._cli.run as run_command; run_command.GRACE_S = 0.5; "
         "from ratelane._cli.main import main; sys.argv[0] = 'ratelane'; "
         "raise SystemExit(main(sys.argv[1:]))"
     )
@@ -311,7 +322,7 @@ def test_the_grace_period_ends_a_stuck_shutdown(
         assert running.wait() == 130, running.stderr
         stderr = running.stderr
         assert "SIGTERM: stopping" in stderr
-        assert "1 s grace period over: abandoning" in stderr
+        assert "0.5 s grace period over: abandoning" in stderr
         assert "ratelane run " in stderr  # the resume command
         assert output.read_bytes() == b""
 
@@ -320,7 +331,7 @@ def test_the_grace_period_ends_a_stuck_shutdown(
 
 
 def test_a_second_run_on_the_same_output_refuses(
-    tmp_path: Path, start: Callable[..., Running]
+    tmp_path: Path, start: Callable[..., Running], ratelane: InProcessCli
 ) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
@@ -331,7 +342,7 @@ def test_a_second_run_on_the_same_output_refuses(
         first = start(argv, env)
         wait_until(has_lines(output, 2), "the first results", process=first)
 
-        second = run_cli(argv, env)
+        second = ratelane(*argv[3:], env=env)  # another process holds the lock
         assert second.returncode == 2, second.stderr
         assert "being written by another ratelane run" in second.stderr
         assert f"pid {first.process.pid}" in second.stderr
@@ -339,8 +350,9 @@ def test_a_second_run_on_the_same_output_refuses(
 
         first.process.send_signal(signal.SIGTERM)
         assert first.wait() == 130, first.stderr
-        # Lock released: a new run may resume now.
-        third = run_cli([*argv[:-2], "--max-concurrency", "32"], env)
+    # Lock released: a new run may resume now (against a server without the latency).
+    with FakeOpenAI(api_key=KEY).run_in_thread() as fast:
+        third = ratelane(*argv[3:-2], "--max-concurrency", "32", env=cli_env(fast))
         assert third.returncode == 0, third.stderr
         assert_each_once(output, ids)
 
@@ -348,14 +360,16 @@ def test_a_second_run_on_the_same_output_refuses(
 # --------------------------------------------------------------------------- fatal
 
 
-def test_an_invalid_key_stops_with_exit_3_and_the_right_key_resumes(tmp_path: Path) -> None:
+def test_an_invalid_key_stops_with_exit_3_and_the_right_key_resumes(
+    tmp_path: Path, ratelane: InProcessCli
+) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
     ids = write_input(source, 200)
     wrong = "sk-wrong-key-123456789"
     with FakeOpenAI(api_key=KEY).run_in_thread() as server:
-        argv = command("run", source, "-o", output)
-        stopped = run_cli(argv, cli_env(server, key=wrong))
+        argv = ["run", source, "-o", output]
+        stopped = ratelane(*argv, env=cli_env(server, key=wrong))
         assert stopped.returncode == 3, stopped.stderr
         assert "invalid_api_key" in stopped.stderr
         assert "check OPENAI_API_KEY" in stopped.stderr
@@ -365,17 +379,17 @@ def test_an_invalid_key_stops_with_exit_3_and_the_right_key_resumes(tmp_path: Pa
         assert server.ledger.total < 10  # stopped at once, not one 401 per line
         assert output.read_bytes() == b""
 
-        resumed = run_cli(argv, cli_env(server))
+        resumed = ratelane(*argv, env=cli_env(server))
         assert resumed.returncode == 0, resumed.stderr
         assert_each_once(output, ids)
 
 
-def test_an_exhausted_quota_stops_with_exit_3(tmp_path: Path) -> None:
+def test_an_exhausted_quota_stops_with_exit_3(tmp_path: Path, ratelane: InProcessCli) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
     write_input(source, 100)
     with FakeOpenAI(api_key=KEY, faults=Faults(quota=1.0)).run_in_thread() as server:
-        stopped = run_cli(command("run", source, "-o", output), cli_env(server))
+        stopped = ratelane("run", source, "-o", output, env=cli_env(server))
         assert stopped.returncode == 3, stopped.stderr
         assert "insufficient_quota" in stopped.stderr
         assert "billing" in stopped.stderr

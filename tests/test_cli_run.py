@@ -1,8 +1,9 @@
-"""``ratelane run`` and ``ratelane demo`` driven as real subprocesses against the fake server.
+"""``ratelane run`` and ``ratelane demo`` driven through ``main(argv)`` against the fake server.
 
 Clean runs, every validation error class, usage errors, exit code 1, the
-dry run, the progress bar on a terminal, and the demo. Crash, signal, lock
-and resume scenarios live in ``test_cli_resume.py``.
+dry run, the progress bar on a terminal (a real ``python -m ratelane``
+subprocess on a pty), and the demo. Crash, signal, lock and resume scenarios
+live in ``test_cli_resume.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any
 import orjson
 import pytest
 
+from _inprocess_cli import InProcessCli
+from ratelane._cli import demo as demo_command
 from ratelane._cli.summary import LatencySample, compact_number, progress_postfix
-from ratelane.testing import ECHO_PREFIX, FakeOpenAI
+from ratelane.testing import ECHO_PREFIX, FakeOpenAI, Latency
 
 TIMEOUT_S = 60
 MODEL = "gpt-4.1-mini"
@@ -63,17 +66,10 @@ def cli_env(server: FakeOpenAI | None, *, key: str | None = None) -> dict[str, s
     return env
 
 
-def ratelane(
-    *args: str | os.PathLike[str], env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ratelane", *map(os.fspath, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+@pytest.fixture
+def ratelane(in_process_cli: InProcessCli) -> InProcessCli:
+    """``ratelane ARGS`` in this process; the pty test below starts the real entry point."""
+    return in_process_cli
 
 
 @pytest.fixture
@@ -108,7 +104,7 @@ def output_text(body: dict[str, Any]) -> str:
 
 
 def test_clean_run_writes_every_result_once_in_batch_shape(
-    server: FakeOpenAI, tmp_path: Path
+    server: FakeOpenAI, tmp_path: Path, ratelane: InProcessCli
 ) -> None:
     lines = [batch_line(f"q-{n}", f"question number {n}") for n in range(240)]
     for n in range(0, 240, 8):  # some lines leave the model to --model
@@ -156,7 +152,7 @@ def test_clean_run_writes_every_result_once_in_batch_shape(
     assert len(read_jsonl(output)) == 241
 
 
-def test_help_documents_exit_codes_lock_and_errors_file() -> None:
+def test_help_documents_exit_codes_lock_and_errors_file(ratelane: InProcessCli) -> None:
     shown = ratelane("run", "--help", env=cli_env(None))
     assert shown.returncode == 0
     text = shown.stdout
@@ -164,11 +160,23 @@ def test_help_documents_exit_codes_lock_and_errors_file() -> None:
         assert needle in text, needle
 
 
+def test_the_real_entry_point_exits_with_the_code_main_returns(tmp_path: Path) -> None:
+    # The other tests here call main(argv); this one goes through ``python -m ratelane``.
+    checked = subprocess.run(
+        [sys.executable, "-m", "ratelane", "run", str(tmp_path / "missing.jsonl"),
+         "-o", str(tmp_path / "out.jsonl")],
+        env=cli_env(None, key="sk-x"), capture_output=True, text=True, timeout=TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+    assert checked.returncode == 2, checked.stderr
+    assert "does not exist" in checked.stderr
+
+
 # --------------------------------------------------------------------------- validation
 
 
 def test_every_validation_problem_is_named_by_line_and_nothing_is_sent(
-    server: FakeOpenAI, tmp_path: Path
+    server: FakeOpenAI, tmp_path: Path, ratelane: InProcessCli
 ) -> None:
     good = orjson.dumps(batch_line("ok-1", "fine"))
     raw_lines = [
@@ -211,7 +219,9 @@ def test_every_validation_problem_is_named_by_line_and_nothing_is_sent(
     assert not output.exists()
 
 
-def test_many_problems_show_the_first_few_then_a_count(server: FakeOpenAI, tmp_path: Path) -> None:
+def test_many_problems_show_the_first_few_then_a_count(
+    server: FakeOpenAI, tmp_path: Path, ratelane: InProcessCli
+) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text("not json\n" * 25)
     checked = ratelane("run", source, "-o", tmp_path / "out.jsonl", env=cli_env(server))
@@ -235,7 +245,12 @@ def test_many_problems_show_the_first_few_then_a_count(server: FakeOpenAI, tmp_p
     ],
 )
 def test_usage_errors_exit_2_and_send_nothing(
-    server: FakeOpenAI, tmp_path: Path, args: tuple[str, ...], env_key: str | None, needle: str
+    server: FakeOpenAI,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    env_key: str | None,
+    needle: str,
+    ratelane: InProcessCli,
 ) -> None:
     source = tmp_path / "in.jsonl"
     write_lines(source, [batch_line("a", "hello")])
@@ -254,7 +269,9 @@ def test_usage_errors_exit_2_and_send_nothing(
         assert env_key not in checked.stderr
 
 
-def test_dry_run_counts_and_sends_nothing_without_a_key(server: FakeOpenAI, tmp_path: Path) -> None:
+def test_dry_run_counts_and_sends_nothing_without_a_key(
+    server: FakeOpenAI, tmp_path: Path, ratelane: InProcessCli
+) -> None:
     source = tmp_path / "in.jsonl"
     write_lines(source, [batch_line(f"d-{n}", "word " * 40) for n in range(30)])
     output = tmp_path / "out.jsonl"
@@ -285,7 +302,7 @@ def test_dry_run_counts_and_sends_nothing_without_a_key(server: FakeOpenAI, tmp_
 
 
 def test_permanent_failures_exit_1_go_to_errors_and_are_resent_on_resume(
-    tmp_path: Path,
+    tmp_path: Path, ratelane: InProcessCli
 ) -> None:
     lines = [batch_line(f"f-{n}", f"prompt {n}") for n in range(60)]
     lines[5]["body"]["model"] = "gpt-nonexistent"  # 404 model_not_found
@@ -330,7 +347,7 @@ def test_permanent_failures_exit_1_go_to_errors_and_are_resent_on_resume(
 
 
 def test_progress_bar_is_drawn_when_stderr_is_a_terminal(
-    server: FakeOpenAI, tmp_path: Path
+    server: FakeOpenAI, tmp_path: Path, ratelane: InProcessCli
 ) -> None:
     source = tmp_path / "in.jsonl"
     write_lines(source, [batch_line(f"p-{n}", f"hi {n}") for n in range(40)])
@@ -377,7 +394,11 @@ def test_progress_bar_is_drawn_when_stderr_is_a_terminal(
 # --------------------------------------------------------------------------- demo
 
 
-def test_demo_runs_offline_and_shows_results(tmp_path: Path) -> None:
+def test_demo_runs_offline_and_shows_results(
+    tmp_path: Path, ratelane: InProcessCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo's fake server without its show-off latency (0.2 s median a request).
+    monkeypatch.setattr(demo_command, "DEMO_LATENCY", Latency(0.0))
     directory = tmp_path / "demo"
     env = cli_env(None)
     shown = ratelane("demo", "--dir", directory, "--count", "50", env=env)

@@ -7,8 +7,6 @@ LiteLLM and other gateways send the status as the code (``"401"``).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,23 +15,17 @@ import orjson
 import pytest
 from aiohttp import web
 
+from _inprocess_cli import InProcessCli
 from ratelane._cli.summary import stop_cause
 from ratelane.testing import FakeOpenAI
 
 TIMEOUT_S = 60
 
 
-def ratelane(
-    *args: str | os.PathLike[str], env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ratelane", *map(os.fspath, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+@pytest.fixture
+def ratelane(in_process_cli: InProcessCli) -> InProcessCli:
+    """``ratelane ARGS`` through ``main(argv)`` in this process: no process boundary needed."""
+    return in_process_cli
 
 
 def env_for(base_url: str, key: str) -> dict[str, str]:
@@ -63,7 +55,9 @@ def write_input(path: Path, count: int) -> None:
 
 
 @pytest.mark.parametrize("content", [b"", b"\n \n\r\n"], ids=["empty", "blank-lines"])
-def test_an_empty_input_exits_2_and_creates_nothing(tmp_path: Path, content: bytes) -> None:
+def test_an_empty_input_exits_2_and_creates_nothing(
+    tmp_path: Path, content: bytes, ratelane: InProcessCli
+) -> None:
     source = tmp_path / "in.jsonl"
     source.write_bytes(content)
     with FakeOpenAI().run_in_thread() as server:
@@ -150,7 +144,9 @@ def litellm_401() -> Iterator[str]:
         thread.join(10)
 
 
-def test_a_wrong_key_behind_litellm_gets_the_key_hint(tmp_path: Path, litellm_401: str) -> None:
+def test_a_wrong_key_behind_litellm_gets_the_key_hint(
+    tmp_path: Path, litellm_401: str, ratelane: InProcessCli
+) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(source, 20)
     stopped = ratelane("run", source, "-o", output, env=env_for(litellm_401, "sk-wrong-1234"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from _inprocess_cli import InProcessCli
 from ratelane.testing import FakeOpenAI
 from ratelane.testing import fake_openai as fake_openai  # the shipped fixture, used below
 
@@ -77,22 +78,16 @@ async def test_cli_prints_one_json_line_serves_and_exits_0(signum: int) -> None:
     assert output == b""  # the JSON line was the only output
 
 
-def test_cli_rejects_bad_options() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ratelane", "fake-server", "--port", "0", "--fail-rate", "2"],
-        capture_output=True,
-        timeout=TIMEOUT_S,
-        check=False,
+def test_cli_rejects_bad_options(in_process_cli: InProcessCli) -> None:
+    # Through main(argv) in this process: a rejected option exits before any server starts.
+    result = in_process_cli("fake-server", "--port", "0", "--fail-rate", "2", env=os.environ)
+    assert result.returncode == 2
+    assert "--fail-rate" in result.stderr
+    result = in_process_cli(
+        "fake-server", "--port", "0", "--fail-rate", "0.7", "--reset-rate", "0.7", env=os.environ
     )
     assert result.returncode == 2
-    assert b"--fail-rate" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "ratelane", "fake-server", "--port", "0",
-         "--fail-rate", "0.7", "--reset-rate", "0.7"],
-        capture_output=True, timeout=TIMEOUT_S, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert b"sum to" in result.stderr
+    assert "sum to" in result.stderr
 
 
 def urlopen_json(request: urllib.request.Request) -> tuple[int, Any, Any]:

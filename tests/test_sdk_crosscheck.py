@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -26,6 +28,14 @@ from pydantic import TypeAdapter
 from ratelane.testing import FAULT_HEADER, STREAM_FAULT_HEADER, Background, FakeOpenAI, Faults
 
 KEY = "sk-sdk-test-0123456789"
+#: One TLS context for every SDK client here: building the default one loads the CA
+#: bundle (~50 ms a client); the fake speaks plain HTTP, so nothing else changes.
+TLS = ssl.create_default_context()
+
+
+def sdk_client(**options: Any) -> openai.AsyncOpenAI:
+    """The official SDK client with its default HTTP client, sharing :data:`TLS`."""
+    return openai.AsyncOpenAI(**options, http_client=openai.DefaultAsyncHttpxClient(verify=TLS))
 
 
 @pytest.fixture
@@ -36,9 +46,7 @@ async def server() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def client(server: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=server.base_url, api_key=KEY, max_retries=0, timeout=10
-    ) as sdk:
+    async with sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=10) as sdk:
         yield sdk
 
 
@@ -115,7 +123,7 @@ async def test_embeddings_parse_in_both_encodings(client: openai.AsyncOpenAI) ->
 
 
 async def test_wrong_key_is_authentication_error(server: FakeOpenAI) -> None:
-    async with openai.AsyncOpenAI(
+    async with sdk_client(
         base_url=server.base_url, api_key="sk-wrong-key-123456", max_retries=0
     ) as sdk:
         with pytest.raises(openai.AuthenticationError) as caught:
@@ -151,7 +159,7 @@ async def test_quota_is_rate_limit_error(client: openai.AsyncOpenAI) -> None:
 async def test_rate_limit_is_rate_limit_error() -> None:
     async with (
         FakeOpenAI(api_key=KEY, rpm=60) as server,
-        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+        sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
     ):
         await sdk.responses.create(model="gpt-4o", input="x")
         with pytest.raises(openai.RateLimitError) as caught:
@@ -180,9 +188,7 @@ async def test_reset_is_connection_error(client: openai.AsyncOpenAI) -> None:
 
 
 async def test_stall_is_timeout_error(server: FakeOpenAI) -> None:
-    async with openai.AsyncOpenAI(
-        base_url=server.base_url, api_key=KEY, max_retries=0, timeout=0.3
-    ) as sdk:
+    async with sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=0.3) as sdk:
         with pytest.raises(openai.APITimeoutError):
             await sdk.responses.create(
                 model="gpt-4o", input="x", extra_headers={FAULT_HEADER: "stall"}
@@ -198,13 +204,13 @@ async def test_truncated_body_is_a_bare_json_error(client: openai.AsyncOpenAI) -
 
 
 async def test_sdk_retries_honour_retry_after_ms() -> None:
-    # 40 RPM with a 1 s quantum: one request per 1.5 s. The second request is
-    # refused with retry-after-ms of about 1.5 s, much longer than the SDK's own
-    # first backoff (at most 0.5 s), so the gap proves the header was used.
-    interval_s = 1.5
+    # 60 RPM with a 1 s quantum: one request per 1 s. The second request is
+    # refused with retry-after-ms of about 1 s, twice the SDK's own longest
+    # first backoff (0.5 s), so the gap proves the header was used.
+    interval_s = 1.0
     async with (
-        FakeOpenAI(api_key=KEY, rpm=40, faults=Faults()) as server,
-        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=2) as sdk,
+        FakeOpenAI(api_key=KEY, rpm=60, faults=Faults()) as server,
+        sdk_client(base_url=server.base_url, api_key=KEY, max_retries=2) as sdk,
     ):
         await sdk.responses.create(model="gpt-4o", input="first")
         response = await sdk.responses.create(model="gpt-4o", input="second")
@@ -256,7 +262,7 @@ async def test_batch_api_parses_with_the_sdk(tmp_path: Path) -> None:
     source.write_bytes(b"".join(json.dumps(row).encode() + b"\n" for row in rows))
     async with (
         FakeOpenAI(api_key=KEY, batches=BatchOptions(time_scale=0.02)) as server,
-        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+        sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
     ):
         file = await sdk.files.create(file=source, purpose="batch")
         FileObject.model_validate(file.model_dump(mode="json"))
@@ -304,7 +310,7 @@ async def test_batch_cancel_and_failure_parse_with_the_sdk(tmp_path: Path) -> No
     options = BatchOptions(validating_s=0.5, in_progress_s=60, cancelling_s=0.01)
     async with (
         FakeOpenAI(api_key=KEY, batches=options) as server,
-        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+        sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
     ):
         file = await sdk.files.create(file=source, purpose="batch")
         batch = await sdk.batches.create(
@@ -322,7 +328,7 @@ async def test_batch_cancel_and_failure_parse_with_the_sdk(tmp_path: Path) -> No
 
     async with (
         FakeOpenAI(api_key=KEY, batches=BatchOptions(time_scale=0.01)) as server,
-        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+        sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
     ):
         file = await sdk.files.create(file=source, purpose="batch")
         batch = await sdk.batches.create(
@@ -419,7 +425,7 @@ async def test_background_create_retrieve_and_cancel() -> None:
     clock = _Clock()
     async with (
         FakeOpenAI(api_key=KEY, clock=clock, background=Background(1.0, 2.0)) as server,
-        openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+        sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
     ):
         created = await sdk.responses.create(model="gpt-5-mini", input="think", background=True)
         assert (created.status, created.background, created.output) == ("queued", True, [])
