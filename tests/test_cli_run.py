@@ -26,7 +26,7 @@ import pytest
 from _inprocess_cli import InProcessCli
 from ratelane._cli import demo as demo_command
 from ratelane._cli.summary import LatencySample, compact_number, progress_postfix
-from ratelane.testing import ECHO_PREFIX, FakeOpenAI, Latency
+from ratelane.testing import ECHO_PREFIX, FakeOpenAI
 
 TIMEOUT_S = 60
 MODEL = "gpt-4.1-mini"
@@ -398,7 +398,7 @@ def test_demo_runs_offline_and_shows_results(
     tmp_path: Path, ratelane: InProcessCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The demo's fake server without its show-off latency (0.2 s median a request).
-    monkeypatch.setattr(demo_command, "DEMO_LATENCY", Latency(0.0))
+    monkeypatch.setattr(demo_command, "DEMO_LATENCY_S", 0.0)
     directory = tmp_path / "demo"
     env = cli_env(None)
     shown = ratelane("demo", "--dir", directory, "--count", "50", env=env)

@@ -1,6 +1,8 @@
 """Locks the public surface and keeps the import layering honest."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import ratelane
@@ -179,3 +181,23 @@ def test_no_import_circle_between_modules() -> None:
 
     for node in graph:
         visit(node)
+
+
+def test_the_cli_loads_the_fake_server_only_for_demo_and_fake_server() -> None:
+    probe = (
+        "import sys, ratelane._cli.main as cli; "
+        "cli.build_parser(sys.argv[1:]); "
+        "print('ratelane.testing' in sys.modules)"
+    )
+    loaded = {
+        command: subprocess.run(
+            [sys.executable, "-c", probe, command, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        for command in ("run", "merge", "demo", "fake-server")
+    }
+    # demo loads it only when it runs (not for --help); fake-server defines its flags there.
+    assert loaded == {"run": "False", "merge": "False", "demo": "False", "fake-server": "True"}

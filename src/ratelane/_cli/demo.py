@@ -24,7 +24,6 @@ from ratelane._core.argtypes import positive_int
 from ratelane._core.errors import OutputLockedError
 from ratelane._core.models import output_text_of
 from ratelane._files.checkpoint import OutputLock
-from ratelane.testing import FakeOpenAI, Latency
 
 from .main import EXIT_USAGE
 from .run import RunSettings, default_errors_path, run_batch
@@ -37,7 +36,8 @@ DEFAULT_COUNT = 1000
 DEMO_RPM = 6000
 DEMO_TPM = 2_000_000
 #: Median seconds per answer, with a lognormal spread like a real API.
-DEMO_LATENCY = Latency(0.2, sigma=0.5)
+#: Median latency of the demo server, lognormal with sigma 0.5.
+DEMO_LATENCY_S = 0.2
 DEMO_MODEL = "gpt-4.1-mini"
 #: Requests in flight at most: plenty for 100 requests/s at ~0.2 s each.
 DEMO_MAX_CONCURRENCY = 64
@@ -111,7 +111,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="try ratelane offline: a sample run against the built-in fake server",
         description=(
             "Generate a sample Batch-format file, start the built-in fake OpenAI server "
-            f"(rpm {DEMO_RPM:,}, tpm {DEMO_TPM:,}, ~{DEMO_LATENCY.seconds:g} s latency) and "
+            f"(rpm {DEMO_RPM:,}, tpm {DEMO_TPM:,}, ~{DEMO_LATENCY_S:g} s latency) and "
             "run the file through `ratelane run`'s code path. No API key or network needed."
         ),
     )
@@ -184,7 +184,11 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    server = FakeOpenAI(rpm=DEMO_RPM, tpm=DEMO_TPM, latency=DEMO_LATENCY, ledger_limit=1000, seed=0)
+    # Imported here, not at the top: only the demo subcommand loads the fake server.
+    from ratelane.testing import FakeOpenAI, Latency
+
+    latency = Latency(DEMO_LATENCY_S, sigma=0.5)
+    server = FakeOpenAI(rpm=DEMO_RPM, tpm=DEMO_TPM, latency=latency, ledger_limit=1000, seed=0)
     with server.run_in_thread():
         settings = RunSettings(
             input_path=input_path,

@@ -7,6 +7,7 @@ Each subcommand lives in its own module and contributes ``add_parser`` and
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -24,28 +25,45 @@ EXIT_FATAL = 3
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ratelane.testing import _command as fake_server_command
+#: Every subcommand: (name, the module that defines it, its one-line help). A
+#: module is imported only when its subcommand runs (or for its own --help), so
+#: ``ratelane run`` never loads the fake server that ``demo`` and ``fake-server`` use.
+SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("run", "ratelane._cli.run", "send every request of a Batch-format JSONL file, resumably"),
+    ("demo", "ratelane._cli.demo", "try ratelane offline: a sample run against the fake server"),
+    (
+        "fake-server",
+        "ratelane.testing._command",
+        "run a fake OpenAI API server (for tests and benchmarks)",
+    ),
+    ("merge", "ratelane._cli.merge", "combine the outputs of sharded runs, one line per custom_id"),
+)
 
-    from . import demo as demo_command
-    from . import merge as merge_command
-    from . import run as run_command
 
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: the chosen subcommand in full, the others as stubs for --help."""
+    chosen = _chosen(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="ratelane",
         description="Run many OpenAI API requests as fast as the rate limits allow, resumably.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    run_command.add_parser(subparsers)
-    demo_command.add_parser(subparsers)
-    fake_server_command.add_parser(subparsers)
-    merge_command.add_parser(subparsers)
+    for name, module, summary in SUBCOMMANDS:
+        if name == chosen:
+            importlib.import_module(module).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = args.handler
     try:
