@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ratelane._core.batch_line import default_custom_id
 from ratelane._core.errors import ConfigurationError, FatalError, TransportError
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
 from ratelane._http.wire import read_rate_limit_headers
@@ -43,7 +44,7 @@ __all__ = ["EARLY_STREAK", "Item", "NotSent", "Run", "Sink"]
 logger = logging.getLogger("ratelane")
 
 Sink = Callable[[Result], Awaitable[None]]
-Item = tuple[int, "Request | Result"]
+Item = tuple[int, Request]
 
 #: With no success yet in a run, this many identical permanent errors in a row
 #: stop it (a wrong model, a proxy refusing the key): nothing has worked, so
@@ -110,9 +111,10 @@ class Run:
     async def drive(self, items: Iterator[Item] | AsyncIterator[Item], sink: Sink) -> RunStats:
         """Drain ``items`` through the worker pool, handing each Result to ``sink``.
 
-        Items that are already a Result (invalid input) go straight to the sink
-        and count toward the error streak. Raises FatalError (with these stats)
-        after in-flight requests finish when the run must stop.
+        Items are Requests only: the API layer turns invalid input into failed
+        Results (and stops a streak of them) before anything reaches the engine.
+        Raises FatalError (with these stats) after in-flight requests finish
+        when the run must stop.
         """
         self._clock = asyncio.get_running_loop().time
         started = self._clock()
@@ -136,10 +138,6 @@ class Run:
                 if item is None:
                     return
                 index, request = item
-                if isinstance(request, Result):
-                    self._account_failure(request, Verdict.PERMANENT)
-                    await sink(request)
-                    continue
                 try:
                     result = await self.execute(index, request)
                 except NotSent:
@@ -298,7 +296,7 @@ class Run:
         usage = Usage.from_body(decision.body) if ok else None
         result = Result(
             index=state.index,
-            custom_id=state.request.custom_id or f"request-{state.index}",
+            custom_id=state.request.custom_id or default_custom_id(state.index),
             ok=ok,
             status_code=decision.status,
             raw_body=decision.raw,
@@ -325,7 +323,7 @@ class Run:
     def _invalid(self, index: int, request: Request, message: str) -> Result:
         result = Result(
             index=index,
-            custom_id=request.custom_id or f"request-{index}",
+            custom_id=request.custom_id or default_custom_id(index),
             ok=False,
             error=ErrorInfo("invalid_request", message),
             path=request.path,
@@ -359,7 +357,7 @@ class Run:
         """Count a failure; a streak of identical permanent ones stops the run.
 
         The streak limit is ``fatal_streak``, or EARLY_STREAK while nothing in
-        the run has succeeded yet. Local failures (invalid items) count too.
+        the run has succeeded yet. A body with no model counts like a server error.
         """
         self.stats.failed += 1
         error = result.error
