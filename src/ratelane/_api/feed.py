@@ -41,13 +41,15 @@ async def _drive(
     requests: Iterator[_Numbered] | AsyncIterator[_Numbered],
     sink: Sink,
     max_concurrency: int,
+    stream: bool = False,
 ) -> RunStats:
     """The engine call of every run ``_api`` makes, in one place.
 
     (``Client`` also builds the Engine and sends ``Client.create`` through
     ``Engine.execute``.)
     """
-    return await engine.new_run(max_concurrency=max_concurrency).drive(requests, sink)
+    run = engine.new_run(max_concurrency=max_concurrency, stream=stream)
+    return await run.drive(requests, sink)
 
 
 class _Reader:
@@ -169,6 +171,7 @@ async def run_items(
     *,
     max_concurrency: int,
     fatal_streak: int,
+    stream: bool = False,
 ) -> RunStats:
     """Send every item, handing each Result (invalid items' included) to ``sink``.
 
@@ -185,7 +188,7 @@ async def run_items(
         await sink(result)
 
     try:
-        stats = await _drive(engine, requests, deliver, max_concurrency)
+        stats = await _drive(engine, requests, deliver, max_concurrency, stream)
     except FatalError as exc:
         while pending:
             await sink(pending.popleft())
