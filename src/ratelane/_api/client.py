@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from ratelane._core.config import Price, Profile, RetryPolicy
-from ratelane._core.errors import APIError, ConfigurationError, FatalError
+from ratelane._core.errors import ConfigurationError, FatalError
 from ratelane._core.items import to_request
-from ratelane._core.models import ErrorInfo, Request, Result, RunStats
+from ratelane._core.models import Request, Result, RunStats
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
 from ratelane._engine.engine import Engine, NotSent, SleepFn
 from ratelane._http.transport import Transport
@@ -23,7 +23,7 @@ from ratelane._limits.governor import RateGovernor
 
 from .feed import Items, run_items
 from .options import RunOptions, check_body_fields, run_options
-from .streaming import stream_events
+from .streaming import api_error, stream_events
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -175,16 +175,7 @@ class Client:
         except NotSent:
             raise FatalError("not sent: the client was stopped", reason="stopped") from None
         if not result.ok:
-            error = result.error or ErrorInfo(None, "request failed")
-            raise APIError(
-                error.message,
-                status_code=result.status_code,
-                code=error.code,
-                error_type=error.type,
-                param=error.param,
-                request_id=result.request_id,
-                body=result.body,
-            )
+            raise api_error(result)
         return result
 
     # -- Streaming (issue 12) --------------------------------------------------------

@@ -25,7 +25,7 @@ from ratelane._core.errors import APIError, FatalError
 from ratelane._core.models import ErrorInfo, Request, Result
 from ratelane._engine.engine import Engine, NotSent
 
-__all__ = ["in_thread", "stream_events"]
+__all__ = ["api_error", "in_thread", "stream_events"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,8 @@ async def stream_events(engine: Engine, request: Request) -> AsyncIterator[dict[
             result = await engine.execute(0, request, events=events.put)
         except NotSent:
             await events.put(FatalError("not sent: the client was stopped", reason="stopped"))
+        except asyncio.CancelledError:  # the consumer left: nobody to hand anything to
+            raise
         except BaseException as exc:  # handed to the consumer, raised there
             await events.put(exc)
             raise
@@ -60,7 +62,7 @@ async def stream_events(engine: Engine, request: Request) -> AsyncIterator[dict[
             if isinstance(item, BaseException):
                 raise item
             if not item.ok:
-                raise _api_error(item)
+                raise api_error(item)
             yield item.body
             return
     finally:
@@ -69,7 +71,8 @@ async def stream_events(engine: Engine, request: Request) -> AsyncIterator[dict[
         await asyncio.gather(producer, return_exceptions=True)
 
 
-def _api_error(result: Result) -> APIError:
+def api_error(result: Result) -> APIError:
+    """The APIError of a failed Result (``Client.create``, ``Client.stream``)."""
     error = result.error or ErrorInfo(None, "request failed")
     return APIError(
         error.message,
