@@ -43,8 +43,16 @@ async def test_client_stream_yields_the_servers_events_in_order_then_its_respons
     assert deltas == final["output"][0]["content"][0]["text"] == "Echo: tell me a short story"
 
 
+def _chat(text: str) -> dict[str, Any]:
+    return {
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": text}]},
+    }
+
+
 async def test_run_many_stream_equals_the_plain_run_and_records_ttft() -> None:
-    prompts = [f"prompt number {i}" for i in range(6)]
+    prompts: list[Any] = [f"prompt number {i}" for i in range(4)]
+    prompts += [_chat("a chat question"), _chat("another, longer, chat question")]
     bodies = []
     for stream in (False, True):
         # Same seed, one request at a time: the same ids in the same order.
@@ -52,7 +60,8 @@ async def test_run_many_stream_equals_the_plain_run_and_records_ttft() -> None:
             async with _client(server, max_concurrency=1) as client:
                 results = await client.run_many(prompts, stream=stream)
         assert all(result.ok for result in results)
-        bodies.append([{**r.body, "created_at": 0} for r in results])
+        clock_free = {"created_at": 0, "completed_at": 0, "created": 0}  # wall-clock seconds
+        bodies.append([{**r.body, **clock_free} for r in results])
         if stream:
             ttfts = [result.ttft_s for result in results]
             assert all(t is not None and 0.05 <= t < 1.0 for t in ttfts), ttfts
@@ -69,7 +78,8 @@ async def test_cut_and_failed_streams_are_retried_and_nothing_is_repeated() -> N
     faults = Streaming(first_token_s=0.0, cut=0.2, error=0.1, failed=0.1)
     async with FakeOpenAI(seed=3, streaming=faults) as server:
         async with _client(server, retry=FAST_RETRY) as client:
-            results = await client.run_many([f"q {i} " * 5 for i in range(30)], stream=True)
+            items = [f"q {i} " * 5 if i % 3 else _chat(f"q {i} " * 5) for i in range(30)]
+            results = await client.run_many(items, stream=True)
             assert all(result.ok for result in results), [(r.attempts, r.error) for r in results]
             assert sum(result.attempts > 1 for result in results) >= 5
             markers = 0

@@ -24,6 +24,7 @@ from ratelane import APIError, RetryPolicy
 from ratelane._api.streaming import stream_events
 from ratelane._core.errors import TransportError
 from ratelane._core.models import Request, Result
+from ratelane._engine.chat_stream import ChatAssembler
 from ratelane._engine.engine import Engine
 from ratelane._engine.stream import RETRY_EVENT
 from ratelane._http.sse import SSEEvent, parse_events
@@ -348,3 +349,97 @@ def test_a_slow_consumer_holds_the_stream_back_instead_of_buffering_it_all() -> 
 
     run(scenario())
     assert len(transport.streamed) == 1
+
+
+# -- Chat Completions streams --------------------------------------------------------------
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> dict[str, Any]:
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {"id": "chatcmpl-1", "created": 1, "model": "m", "choices": [choice]}
+
+
+def _message(**fields: Any) -> dict[str, Any]:
+    base = {"role": "assistant", "content": None, "refusal": None, "annotations": []}
+    return {**base, **fields}
+
+
+TOOL_CHUNKS = [
+    _chunk({"role": "assistant", "content": None}),
+    _chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""}}]}),
+    _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+    _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+    _chunk({}, "tool_calls"),
+]  # fmt: skip
+TOOL_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "choices", "finished"),
+    [
+        (
+            [_chunk({"role": "assistant", "content": ""}), _chunk({"content": "Hi"}),
+             _chunk({"content": " there"}), _chunk({}, "stop")],
+            [(_message(content="Hi there"), "stop")],
+            True,
+        ),
+        (TOOL_CHUNKS, [(_message(tool_calls=[TOOL_CALL]), "tool_calls")], True),
+        (
+            [_chunk({"refusal": "I can"}), _chunk({"refusal": "not."}), _chunk({}, "stop")],
+            [(_message(refusal="I cannot."), "stop")],
+            True,
+        ),
+        (
+            [_chunk({"content": "a"}, index=1), _chunk({"content": "b"}, index=0),
+             _chunk({}, "stop", index=0)],
+            [(_message(content="b"), "stop"), (_message(content="a"), None)],
+            False,
+        ),
+    ],
+    ids=["text", "tool-call-in-pieces", "refusal", "two-choices-one-unfinished"],
+)  # fmt: skip
+def test_chat_chunks_assemble_into_the_completion_a_plain_create_returns(
+    chunks: list[dict[str, Any]], choices: list[tuple[dict[str, Any], str | None]], finished: bool
+) -> None:
+    assembler = ChatAssembler()
+    for chunk in chunks:
+        assembler.feed(chunk)
+    assembler.feed({"id": "chatcmpl-1", "choices": [], "usage": {"total_tokens": 3}})
+    completion = assembler.completion()
+    assert completion["object"] == "chat.completion" and completion["id"] == "chatcmpl-1"
+    assert completion["usage"] == {"total_tokens": 3}
+    assert [(c["message"], c["finish_reason"]) for c in completion["choices"]] == choices
+    assert [c["index"] for c in completion["choices"]] == list(range(len(choices)))
+    assert assembler.finished is finished
+
+
+def _chat_sse(chunks: list[dict[str, Any]], *, done: bool = True) -> list[SSEEvent]:
+    events = [SSEEvent(None, orjson.dumps(chunk).decode()) for chunk in chunks]
+    return [*events, SSEEvent(None, "[DONE]")] if done else events
+
+
+def test_a_chat_stream_cut_before_done_is_retried_and_its_ttft_is_the_first_content() -> None:
+    text = [_chunk({"role": "assistant", "content": ""}), _chunk({"content": "Hi"}),
+            _chunk({"content": "!"}), _chunk({}, "stop")]  # fmt: skip
+
+    def script(n: int) -> Streamed:
+        if n == 1:
+            return Streamed(_chat_sse(text[:2], done=False), first_token_s=0.0, gap_s=0.0)
+        error = {"error": {"message": "overloaded", "code": "server_is_overloaded"}}
+        chunks = [*text[:1], error] if n == 2 else text
+        return Streamed(_chat_sse(chunks, done=n != 2), gap_s=0.25)
+
+    transport = StreamingTransport(script)
+    chat = Request({"model": "m", "messages": []}, "c0", "/v1/chat/completions")
+    run_ = engine_of(transport).new_run(max_concurrency=1, stream=True)
+    result = run(run_.execute(0, chat))
+    assert len(transport.streamed) == 3 and result.ok and result.attempts == 3
+    assert result.body["choices"][0]["message"]["content"] == "Hi!"
+    # The first attempt's first content chunk came at once: that is the first token.
+    assert result.ttft_s == pytest.approx(0.0, abs=1e-3)
+    assert transport.streamed[0][1]["stream_options"] == {"include_usage": True}

@@ -3,7 +3,9 @@
 Both yield the parsed SSE events of one Responses request as they arrive
 (dicts with ``type``, ``sequence_number``, the deltas), then, last, the final
 Response (the body of ``response.completed`` or ``response.incomplete``; tell
-it by ``item.get("object") == "response"``). The request is admitted by the
+it by ``item.get("object") == "response"``). With ``path="/v1/chat/completions"``
+they yield the ``chat.completion.chunk`` dicts, then the assembled
+``chat.completion``. The request is admitted by the
 rate governor and retried under the RetryPolicy like any other: a stream cut
 mid-way or ending in ``response.failed`` / ``error`` is sent again whole, and
 the events already yielded are not yielded again; one ``ratelane.retry``

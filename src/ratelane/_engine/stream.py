@@ -29,6 +29,11 @@ The contract, from the caller's side:
 - Time to first token: from the request's first send to the first output
   delta (an event type ending in ``.delta``; for chat, a chunk with content),
   the first one of any attempt.
+- Chat Completions streams (data-only chunks, ``data: [DONE]``) are put back
+  together by :class:`~ratelane._engine.chat_stream.ChatAssembler`: the
+  attempt's answer is the ``chat.completion`` a plain create would return
+  (with usage: the request asks for ``stream_options.include_usage``); a
+  chunk holding an ``error`` object fails the attempt like ``response.failed``.
 
 Without a listener (``run_many(stream=True)``) events are not even parsed:
 the SSE ``event:`` name finds the first delta and the terminal event, so a
@@ -49,6 +54,7 @@ from ratelane._core.models import ErrorInfo, Result, RunStats
 from ratelane._http.sse import SSEEvent
 from ratelane._http.wire import read_rate_limit_headers
 
+from .chat_stream import ChatAssembler
 from .retry import Decision, Verdict, decide, decide_transport_error
 
 if TYPE_CHECKING:
@@ -70,8 +76,9 @@ EventListener = Callable[[dict[str, Any]], Awaitable[None]]
 #: The event a listener gets before the first new item of a retried stream.
 RETRY_EVENT = "ratelane.retry"
 
+_CHAT = "/v1/chat/completions"
 #: Endpoints that stream; other requests of a streamed run are sent plainly.
-STREAMABLE_PATHS = frozenset({"/v1/responses"})
+STREAMABLE_PATHS = frozenset({"/v1/responses", _CHAT})
 
 _DONE_OK = frozenset({"response.completed", "response.incomplete"})
 _TERMINAL = _DONE_OK | {"response.failed", "error"}
@@ -116,9 +123,15 @@ class StreamState:
 
 
 def streamed_body(body: Mapping[str, Any], path: str) -> dict[str, Any] | None:
-    """``body`` asking for a stream, or ``None`` when ``path`` does not stream."""
+    """``body`` asking for a stream, or ``None`` when ``path`` does not stream.
+
+    A chat body also asks for the usage chunk (``stream_options.include_usage``)
+    unless it sets ``stream_options`` itself: without it a stream reports no usage.
+    """
     if path not in STREAMABLE_PATHS:
         return None
+    if path == _CHAT and "stream_options" not in body:
+        return {**body, "stream": True, "stream_options": {"include_usage": True}}
     return {**body, "stream": True}
 
 
@@ -149,7 +162,8 @@ async def stream_attempt(
             if reply.events is None:
                 decision = decide(reply.status, headers, reply.raw, engine.policy, body)
             else:
-                final = await _read(reply.events, stream, clock)
+                read = _read_chat if path == _CHAT else _read
+                final = await read(reply.events, stream, clock)
                 if final is None:
                     raise TransportError(_CUT_MESSAGE)
                 decision = decide(200, headers, final, engine.policy, body)
@@ -196,8 +210,38 @@ async def _read(
             number = event.get("sequence_number")
             await stream.deliver(number if type(number) is int else position, event)
     if error is not None:
-        return orjson.dumps({"status": "failed", "error": _error_fields(error)})
+        return _failed(error)
     return None
+
+
+async def _read_chat(
+    events: AsyncIterator[SSEEvent], stream: StreamState, clock: Callable[[], float]
+) -> bytes | None:
+    """Chat Completions: pass chunks on, assemble them; the completion (``None``: cut).
+
+    Complete at ``data: [DONE]``, or when the stream closes with every choice
+    finished (servers that omit ``[DONE]``). A chunk holding an ``error``
+    object is a failure, judged like a failed Response.
+    """
+    assembler = ChatAssembler()
+    position = -1
+    async for sse in events:
+        if sse.is_done:
+            return orjson.dumps(assembler.completion())
+        position += 1
+        parsed = sse.json()
+        chunk: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+        if chunk.get("error"):
+            return _failed(chunk)
+        if assembler.feed(chunk) and stream.first_delta_at is None:
+            stream.first_delta_at = clock()
+        await stream.deliver(position, chunk)
+    return orjson.dumps(assembler.completion()) if assembler.finished else None
+
+
+def _failed(error: Mapping[str, Any]) -> bytes:
+    """A failed Response holding an error event's (or error chunk's) fields, for ``decide``."""
+    return orjson.dumps({"status": "failed", "error": _error_fields(error)})
 
 
 def _error_fields(event: Mapping[str, Any]) -> dict[str, Any]:

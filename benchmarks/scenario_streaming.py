@@ -1,0 +1,188 @@
+"""Streaming: what ratelane adds to the time to first token (TTFT), against the server's own.
+
+Standalone (not part of ``run_all.py``)::
+
+    .venv/bin/python benchmarks/scenario_streaming.py              # 300 streams x 2 phases
+    .venv/bin/python benchmarks/scenario_streaming.py --streams 50 # quicker
+
+The fake server runs in its own process (pinned to CPU 0 where possible, the
+client on CPU 1), instrumented to note, on the shared monotonic clock
+(``CLOCK_MONOTONIC`` in both processes), when each request reached its handler
+and when the bytes of its first ``response.output_text.delta`` were handed to
+the socket. The client process notes when it opened each stream and when the
+chunk holding the first delta arrived from the socket. Per stream::
+
+    overhead   = ttft_s - (first delta written - request received)   # ratelane's + the wire's share
+    send path  = request received - stream opened                    # building, sending, loopback
+    wire back  = first-delta chunk arrived - first delta written     # loopback + aiohttp read
+    parse      = ttft noted - first-delta chunk arrived              # SSE parse to the TTFT stamp
+
+Phase 1 streams one request at a time (``run_many(stream=True)``,
+``max_concurrency=1``), so the per-stream clocks line up and nothing queues;
+phase 2 runs the same number with 32 in flight, where only ``overhead`` is
+computed (it needs no client-side stamps). Medians and p95 are printed as one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+FIRST_TOKEN_S = 0.02
+DELTA = b"response.output_text.delta"
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        os.sched_setaffinity(0, {cpu})
+
+
+def _serve(pipe: Connection) -> None:
+    """The fake server's process: serve, then hand back ``{request_id: (received, written)}``."""
+    _pin(0)
+    from aiohttp import web
+
+    from ratelane.testing import FakeOpenAI, Streaming
+    from ratelane.testing._app import FakeApp
+
+    received: dict[int, float] = {}
+    timings: dict[str, tuple[float, float]] = {}
+    handle = FakeApp.handle
+    write = web.StreamResponse.write
+
+    async def timed_handle(self: FakeApp, request: web.BaseRequest) -> web.StreamResponse:
+        received[id(request)] = time.monotonic()
+        return await handle(self, request)
+
+    async def timed_write(self: web.StreamResponse, data: Any) -> None:
+        request_id = self.headers.get("x-request-id")
+        if request_id and request_id not in timings and DELTA in bytes(data):
+            timings[request_id] = (received.pop(id(self._req), 0.0), time.monotonic())
+        await write(self, data)
+
+    FakeApp.handle = timed_handle  # type: ignore[method-assign]
+    web.StreamResponse.write = timed_write  # type: ignore[method-assign]
+
+    async def main() -> None:
+        streaming = Streaming(first_token_s=FIRST_TOKEN_S)
+        async with FakeOpenAI(rpm=None, tpm=None, streaming=streaming) as server:
+            pipe.send((server.base_url, server.api_key))
+            loop = asyncio.get_running_loop()
+            while await loop.run_in_executor(None, pipe.recv) == "timings":
+                pipe.send(dict(timings))
+                timings.clear()
+
+    asyncio.run(main())
+
+
+class ClientStamps:
+    """Client-side stamps of each stream, in the order streams were opened."""
+
+    def __init__(self) -> None:
+        self.opened: list[float] = []
+        self.arrived: list[float | None] = []
+
+    def install(self) -> None:
+        import ratelane._http.transport as transport
+
+        stream, sse_events = transport.Transport.stream, transport.sse_events
+        stamps = self
+
+        def timed_stream(self: Any, path: str, payload: bytes) -> Any:
+            stamps.opened.append(time.monotonic())
+            stamps.arrived.append(None)
+            return stream(self, path, payload)
+
+        async def timed_chunks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+            slot = len(stamps.arrived) - 1
+            async for chunk in chunks:
+                if stamps.arrived[slot] is None and DELTA in chunk:
+                    stamps.arrived[slot] = time.monotonic()
+                yield chunk
+
+        def timed_events(chunks: AsyncIterable[bytes]) -> Any:
+            return sse_events(timed_chunks(chunks))
+
+        transport.Transport.stream = timed_stream  # type: ignore[method-assign]
+        transport.sse_events = timed_events  # type: ignore[assignment]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * len(ordered)))]
+    return {"median_ms": round(statistics.median(ordered) * 1e3, 3), "p95_ms": round(p95 * 1e3, 3)}
+
+
+async def _phase(
+    base_url: str, api_key: str, streams: int, concurrency: int
+) -> tuple[list[Any], float]:
+    import ratelane
+
+    prompts = [f"stream number {i}, a short answer please" for i in range(streams)]
+    async with ratelane.Client(
+        model="gpt-4.1-mini", api_key=api_key, base_url=base_url, max_concurrency=concurrency
+    ) as client:
+        await client.run_many(prompts[:10], stream=True)  # warm-up: connections, imports
+        started = time.monotonic()
+        results = await client.run_many(prompts, stream=True)
+    return list(results), time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=300)
+    args = parser.parse_args(argv)
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    server = context.Process(target=_serve, args=(theirs,), daemon=True)
+    server.start()
+    _pin(1)
+    base_url, api_key = ours.recv()
+    stamps = ClientStamps()
+    stamps.install()
+    report: dict[str, Any] = {"streams": args.streams, "first_token_s": FIRST_TOKEN_S}
+    try:
+        for name, concurrency in (("sequential", 1), ("concurrent_32", 32)):
+            stamps.opened.clear()
+            stamps.arrived.clear()
+            results, elapsed = asyncio.run(_phase(base_url, api_key, args.streams, concurrency))
+            ours.send("timings")
+            server_times: dict[str, tuple[float, float]] = ours.recv()
+            figures: dict[str, list[float]] = {"overhead": [], "server_ttft": [], "ttft": []}
+            for result in results:
+                received, written = server_times[result.request_id]
+                figures["ttft"].append(result.ttft_s)
+                figures["server_ttft"].append(written - received)
+                figures["overhead"].append(result.ttft_s - (written - received))
+            if concurrency == 1:
+                opened, arrived = stamps.opened[10:], stamps.arrived[10:]  # after the warm-up
+                for key in ("send_path", "wire_back", "parse"):
+                    figures[key] = []
+                for result, start, came in zip(results, opened, arrived, strict=True):
+                    received, written = server_times[result.request_id]
+                    assert came is not None
+                    figures["send_path"].append(received - start)
+                    figures["wire_back"].append(came - written)
+                    figures["parse"].append(start + result.ttft_s - came)
+            phase = {key: _summary(values) for key, values in figures.items()}
+            phase["elapsed_s"] = round(elapsed, 3)  # type: ignore[assignment]
+            report[name] = phase
+    finally:
+        ours.send("stop")
+        server.join(timeout=10)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
