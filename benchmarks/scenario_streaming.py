@@ -20,8 +20,11 @@ chunk holding the first delta arrived from the socket. Per stream::
 Phase 1 streams one request at a time (``run_many(stream=True)``,
 ``max_concurrency=1``), so the per-stream clocks line up and nothing queues;
 phase 2 runs the same number with 32 in flight, where only ``overhead`` is
-computed (it needs no client-side stamps). Medians and p95 are printed as one
-JSON object.
+computed (it needs no client-side stamps; with 32 requests arriving at once
+at a one-core server it also holds their wait before the handler). Each phase
+also reports the client's CPU per request (getrusage), and a plain run of the
+same requests at 32 in flight gives the CPU of not streaming. Medians and p95
+are printed as one JSON object.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -123,19 +127,25 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median_ms": round(statistics.median(ordered) * 1e3, 3), "p95_ms": round(p95 * 1e3, 3)}
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _phase(
-    base_url: str, api_key: str, streams: int, concurrency: int
-) -> tuple[list[Any], float]:
+    base_url: str, api_key: str, streams: int, concurrency: int, *, stream: bool = True
+) -> tuple[list[Any], float, float]:
+    """``(results, seconds, client CPU seconds)`` of one measured ``run_many``."""
     import ratelane
 
     prompts = [f"stream number {i}, a short answer please" for i in range(streams)]
     async with ratelane.Client(
         model="gpt-4.1-mini", api_key=api_key, base_url=base_url, max_concurrency=concurrency
     ) as client:
-        await client.run_many(prompts[:10], stream=True)  # warm-up: connections, imports
-        started = time.monotonic()
-        results = await client.run_many(prompts, stream=True)
-    return list(results), time.monotonic() - started
+        await client.run_many(prompts[:10], stream=stream)  # warm-up: connections, imports
+        started, cpu = time.monotonic(), _cpu_s()
+        results = await client.run_many(prompts, stream=stream)
+    return list(results), time.monotonic() - started, _cpu_s() - cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, concurrency in (("sequential", 1), ("concurrent_32", 32)):
             stamps.opened.clear()
             stamps.arrived.clear()
-            results, elapsed = asyncio.run(_phase(base_url, api_key, args.streams, concurrency))
+            results, elapsed, cpu = asyncio.run(
+                _phase(base_url, api_key, args.streams, concurrency)
+            )
             ours.send("timings")
             server_times: dict[str, tuple[float, float]] = ours.recv()
             figures: dict[str, list[float]] = {"overhead": [], "server_ttft": [], "ttft": []}
@@ -176,7 +188,14 @@ def main(argv: list[str] | None = None) -> int:
                     figures["parse"].append(start + result.ttft_s - came)
             phase = {key: _summary(values) for key, values in figures.items()}
             phase["elapsed_s"] = round(elapsed, 3)  # type: ignore[assignment]
+            phase["client_cpu_us_per_request"] = round(cpu / len(results) * 1e6)  # type: ignore[assignment]
             report[name] = phase
+        _, _, plain_cpu = asyncio.run(_phase(base_url, api_key, args.streams, 32, stream=False))
+        ours.send("timings")
+        ours.recv()
+        report["plain_concurrent_32_client_cpu_us_per_request"] = round(
+            plain_cpu / args.streams * 1e6
+        )
     finally:
         ours.send("stop")
         server.join(timeout=10)
