@@ -10,7 +10,8 @@ client on CPU 1), instrumented to note, on the shared monotonic clock
 (``CLOCK_MONOTONIC`` in both processes), when each request reached its handler
 and when the bytes of its first ``response.output_text.delta`` were handed to
 the socket. The client process notes when it opened each stream and when the
-chunk holding the first delta arrived from the socket. Per stream::
+chunk holding the first delta arrived from the socket (matched by request id).
+Per stream::
 
     overhead   = ttft_s - (first delta written - request received)   # ratelane's + the wire's share
     send path  = request received - stream opened                    # building, sending, loopback
@@ -19,9 +20,8 @@ chunk holding the first delta arrived from the socket. Per stream::
 
 Phase 1 streams one request at a time (``run_many(stream=True)``,
 ``max_concurrency=1``), so the per-stream clocks line up and nothing queues;
-phase 2 runs the same number with 32 in flight, where only ``overhead`` is
-computed (it needs no client-side stamps; with 32 requests arriving at once
-at a one-core server it also holds their wait before the handler). Each phase
+phase 2 runs the same number with 32 in flight (where ``send path`` also holds
+a request's wait in the one-core server before its handler runs). Each phase
 also reports the client's CPU per request (getrusage), and a plain run of the
 same requests at 32 in flight gives the CPU of not streaming. Medians and p95
 are printed as one JSON object.
@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import contextvars
 import json
 import multiprocessing
 import os
@@ -44,6 +46,7 @@ from typing import Any
 
 FIRST_TOKEN_S = 0.02
 DELTA = b"response.output_text.delta"
+FIGURES = ("overhead", "server_ttft", "ttft", "send_path", "wire_back", "parse")
 
 
 def _pin(cpu: int) -> None:
@@ -90,11 +93,11 @@ def _serve(pipe: Connection) -> None:
 
 
 class ClientStamps:
-    """Client-side stamps of each stream, in the order streams were opened."""
+    """Client-side stamps of each stream, by request id: when opened, when its first delta came."""
 
     def __init__(self) -> None:
-        self.opened: list[float] = []
-        self.arrived: list[float | None] = []
+        self.by_request: dict[str, dict[str, float]] = {}
+        self._current: contextvars.ContextVar[dict[str, float]] = contextvars.ContextVar("stamp")
 
     def install(self) -> None:
         import ratelane._http.transport as transport
@@ -102,22 +105,25 @@ class ClientStamps:
         stream, sse_events = transport.Transport.stream, transport.sse_events
         stamps = self
 
-        def timed_stream(self: Any, path: str, payload: bytes) -> Any:
-            stamps.opened.append(time.monotonic())
-            stamps.arrived.append(None)
-            return stream(self, path, payload)
+        @contextlib.asynccontextmanager
+        async def timed_stream(self: Any, path: str, payload: bytes) -> AsyncIterator[Any]:
+            stamp = {"opened": time.monotonic()}
+            stamps._current.set(stamp)  # each request runs in its own worker task
+            async with stream(self, path, payload) as reply:
+                stamps.by_request[reply.headers.get("x-request-id", "")] = stamp
+                yield reply
 
         async def timed_chunks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-            slot = len(stamps.arrived) - 1
+            stamp = stamps._current.get()
             async for chunk in chunks:
-                if stamps.arrived[slot] is None and DELTA in chunk:
-                    stamps.arrived[slot] = time.monotonic()
+                if "arrived" not in stamp and DELTA in chunk:
+                    stamp["arrived"] = time.monotonic()
                 yield chunk
 
         def timed_events(chunks: AsyncIterable[bytes]) -> Any:
             return sse_events(timed_chunks(chunks))
 
-        transport.Transport.stream = timed_stream  # type: ignore[method-assign]
+        transport.Transport.stream = timed_stream  # type: ignore[assignment,method-assign]
         transport.sse_events = timed_events  # type: ignore[assignment]
 
 
@@ -163,29 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"streams": args.streams, "first_token_s": FIRST_TOKEN_S}
     try:
         for name, concurrency in (("sequential", 1), ("concurrent_32", 32)):
-            stamps.opened.clear()
-            stamps.arrived.clear()
+            stamps.by_request.clear()
             results, elapsed, cpu = asyncio.run(
                 _phase(base_url, api_key, args.streams, concurrency)
             )
             ours.send("timings")
             server_times: dict[str, tuple[float, float]] = ours.recv()
-            figures: dict[str, list[float]] = {"overhead": [], "server_ttft": [], "ttft": []}
+            figures: dict[str, list[float]] = {key: [] for key in FIGURES}
             for result in results:
                 received, written = server_times[result.request_id]
+                stamp = stamps.by_request[result.request_id]
+                start, came = stamp["opened"], stamp["arrived"]
                 figures["ttft"].append(result.ttft_s)
                 figures["server_ttft"].append(written - received)
                 figures["overhead"].append(result.ttft_s - (written - received))
-            if concurrency == 1:
-                opened, arrived = stamps.opened[10:], stamps.arrived[10:]  # after the warm-up
-                for key in ("send_path", "wire_back", "parse"):
-                    figures[key] = []
-                for result, start, came in zip(results, opened, arrived, strict=True):
-                    received, written = server_times[result.request_id]
-                    assert came is not None
-                    figures["send_path"].append(received - start)
-                    figures["wire_back"].append(came - written)
-                    figures["parse"].append(start + result.ttft_s - came)
+                figures["send_path"].append(received - start)
+                figures["wire_back"].append(came - written)
+                figures["parse"].append(start + result.ttft_s - came)
             phase = {key: _summary(values) for key, values in figures.items()}
             phase["elapsed_s"] = round(elapsed, 3)  # type: ignore[assignment]
             phase["client_cpu_us_per_request"] = round(cpu / len(results) * 1e6)  # type: ignore[assignment]
