@@ -122,3 +122,16 @@ def test_ratelane_stream_takes_run_manys_options() -> None:
     assert options(ratelane.stream) == expected
     with pytest.raises(TypeError, match="'max_concurency'; did you mean 'max_concurrency'"):
         ratelane.stream("hi", model=MODEL, api_key="sk-test", max_concurency=2)  # type: ignore[call-arg]
+
+
+async def test_stream_is_a_run_option_everywhere_and_a_call_overrides_the_client() -> None:
+    async with FakeOpenAI(streaming=Streaming(first_token_s=0.0)) as server:
+        where = {"api_key": server.api_key, "base_url": server.base_url}
+        [one] = await ratelane.arun_many(["a"], model=MODEL, stream=True, **where)
+        [two] = [r async for r in ratelane.iter_results(["b"], model=MODEL, stream=True, **where)]
+        async with _client(server, stream=True) as client:
+            [three] = await client.run_many(["c"])
+            [plain] = await client.run_many(["d"], stream=False)
+        assert server.ledger.by_status == {200: 4}
+    assert [r.ttft_s is not None for r in (one, two, three, plain)] == [True, True, True, False]
+    assert all(r.ok for r in (one, two, three, plain))
