@@ -137,8 +137,10 @@ def kinds(items: list[dict[str, Any]]) -> list[str]:
 
 
 def test_events_arrive_in_order_and_the_final_response_comes_last() -> None:
-    transport = StreamingTransport(lambda n: Streamed(sse_of(final_response())))
+    done = SSEEvent(None, "[DONE]")  # after the terminal event, as some gateways send
+    transport = StreamingTransport(lambda n: Streamed([*sse_of(final_response()), done]))
     items = run(collect(engine_of(transport)))
+    assert transport.yielded == len(sse_of(final_response())) + 1  # read to the end
     expected = [e.event for e in sse_of(final_response())][:-1]  # all but response.completed
     assert kinds(items) == [*expected, "response"]
     assert [item["sequence_number"] for item in items[:-1]] == list(range(len(expected)))

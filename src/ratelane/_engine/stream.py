@@ -204,7 +204,7 @@ async def _read(
             if name == "error":
                 error = event
                 continue
-            return orjson.dumps(event.get("response"))
+            return await _drained(events, orjson.dumps(event.get("response")))
         if stream.first_delta_at is None and name is not None and name.endswith(".delta"):
             stream.first_delta_at = clock()
         if event is not None:
@@ -228,7 +228,7 @@ async def _read_chat(
     position = -1
     async for sse in events:
         if sse.is_done:
-            return orjson.dumps(assembler.completion())
+            return await _drained(events, orjson.dumps(assembler.completion()))
         position += 1
         parsed = sse.json()
         chunk: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
@@ -238,6 +238,15 @@ async def _read_chat(
             stream.first_delta_at = clock()
         await stream.deliver(position, chunk)
     return orjson.dumps(assembler.completion()) if assembler.finished else None
+
+
+async def _drained(events: AsyncIterator[SSEEvent], final: bytes) -> bytes:
+    """``final``, once the stream has ended: what follows the terminal event (normally
+    only the end of the body; a gateway's ``[DONE]``) is read, so the connection can
+    go back to the pool instead of being closed."""
+    async for _ in events:
+        pass
+    return final
 
 
 def _failed(error: Mapping[str, Any]) -> bytes:
