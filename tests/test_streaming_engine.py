@@ -445,3 +445,27 @@ def test_a_chat_stream_cut_before_done_is_retried_and_its_ttft_is_the_first_cont
     # The first attempt's first content chunk came at once: that is the first token.
     assert result.ttft_s == pytest.approx(0.0, abs=1e-3)
     assert transport.streamed[0][1]["stream_options"] == {"include_usage": True}
+
+
+def test_a_rejected_parameter_is_dropped_and_the_resend_still_streams() -> None:
+    rejected = {
+        "message": "Unsupported parameter: 'temperature' is not supported with this model.",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "unsupported_parameter",
+    }
+
+    def script(n: int) -> Streamed | Plain:
+        return Plain(400, {"error": rejected}) if n == 1 else Streamed(sse_of(final_response()))
+
+    transport = StreamingTransport(script)
+    result = run(engine_of(transport).execute(0, request(temperature=0.2), events=_ignore))
+    assert result.ok and result.dropped_params == ("temperature",)
+    assert [body for _, body in transport.streamed] == [
+        {"model": "m", "input": "hi", "temperature": 0.2, "stream": True},
+        {"model": "m", "input": "hi", "stream": True},
+    ]
+
+
+async def _ignore(event: dict[str, Any]) -> None:
+    pass

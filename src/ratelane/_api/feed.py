@@ -177,6 +177,7 @@ async def run_items(
 
     Invalid items count as failed in the returned stats (and a FatalError's);
     ``fatal_streak`` of them in a row stop the run with ``FatalError``.
+    ``stream`` (Streaming, issue 12): stream every request whose endpoint can.
     """
     reader = _Reader(defaults, fatal_streak)
     requests = await _requests(items, reader)

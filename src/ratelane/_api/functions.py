@@ -94,7 +94,8 @@ async def arun_many(
     ``items``: prompt strings, body dicts, Batch-format dicts or Requests, from
     any iterable or async iterable (consumed lazily). Known body fields
     (``temperature=0.2``, ...) are defaults of every body; others go in
-    ``extra_body``.
+    ``extra_body``. ``stream=True`` streams each request (Responses and Chat
+    Completions) and still returns whole Results, each with ``ttft_s``.
     """
     client = Client(**client_arguments("arun_many", locals()))
     return await _run(client, items)
