@@ -42,6 +42,7 @@ PUBLIC = [
     "parse_duration",
     "run_file",
     "run_many",
+    "stream",
 ]
 
 

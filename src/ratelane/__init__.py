@@ -7,10 +7,11 @@ Public API (everything else is private)::
     async for result in ratelane.iter_results(prompts, model="gpt-4.1-mini"): ...
     async with ratelane.Client() as client: await client.create({...})
     summary = ratelane.run_file("requests.jsonl", "results.jsonl", model="gpt-4.1-mini")
+    for event in ratelane.stream("Hi", model="gpt-4.1-mini"): ...
 """
 
 from ._api.client import Client, Results
-from ._api.functions import arun_many, iter_results, run_many
+from ._api.functions import arun_many, iter_results, run_many, stream
 from ._core.config import PROFILES, Price, Profile, RetryPolicy
 from ._core.durations import format_duration, parse_duration
 from ._core.errors import (
@@ -69,4 +70,5 @@ __all__ = [
     "parse_duration",
     "run_file",
     "run_many",
+    "stream",
 ]

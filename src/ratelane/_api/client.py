@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from ratelane._core.config import Price, Profile, RetryPolicy
-from ratelane._core.errors import APIError, ConfigurationError, FatalError
+from ratelane._core.errors import ConfigurationError, FatalError
 from ratelane._core.items import to_request
-from ratelane._core.models import ErrorInfo, Request, Result, RunStats
+from ratelane._core.models import Request, Result, RunStats
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
 from ratelane._engine.engine import Engine, NotSent, SleepFn
 from ratelane._http.transport import Transport
@@ -23,6 +23,7 @@ from ratelane._limits.governor import RateGovernor
 
 from .feed import Items, run_items
 from .options import RunOptions, check_body_fields, run_options
+from .streaming import api_error, stream_events
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -82,6 +83,7 @@ class Client:
         prices: Mapping[str, Price] | None = None,
         sleep: SleepFn = asyncio.sleep,
         jitter_seed: int | None = None,
+        stream: bool = False,
         **body: Unpack[BodyFields],
     ) -> None:
         self._options = RunOptions(
@@ -91,6 +93,7 @@ class Client:
             progress=progress,
             extra_body=extra_body,
             body=check_body_fields("Client", body),
+            stream=stream,
         )
         self._options.body_defaults()  # an unknown profile fails here, not per call
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -172,17 +175,21 @@ class Client:
         except NotSent:
             raise FatalError("not sent: the client was stopped", reason="stopped") from None
         if not result.ok:
-            error = result.error or ErrorInfo(None, "request failed")
-            raise APIError(
-                error.message,
-                status_code=result.status_code,
-                code=error.code,
-                error_type=error.type,
-                param=error.param,
-                request_id=result.request_id,
-                body=result.body,
-            )
+            raise api_error(result)
         return result
+
+    # -- Streaming (issue 12) --------------------------------------------------------
+    def stream(
+        self, body: str | Mapping[str, Any], *, path: str = "/v1/responses"
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream one request: its SSE events as they arrive, then the final Response.
+
+        ``body`` is a prompt or a body dict, filled from the Client's run options
+        like ``create``. See ``ratelane._api.streaming`` for retries and failures.
+        """
+        item = body if isinstance(body, str) else Request(body, "", path)
+        request = to_request(item, 0, self._options.body_defaults())
+        return stream_events(self.engine, request)
 
     def iter_results(
         self,
@@ -193,6 +200,7 @@ class Client:
         profile: str | Profile | None = None,
         progress: bool | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        stream: bool | None = None,
         **body: Unpack[BodyFields],
     ) -> AsyncIterator[Result]:
         """Yield Results as they complete (not in input order; see ``Result.index``).
@@ -224,6 +232,7 @@ class Client:
                     sink,
                     max_concurrency=self.max_concurrency,
                     fatal_streak=self.retry.fatal_streak,
+                    stream=bool(options.stream),  # Streaming (issue 12)
                 )
             except BaseException as exc:  # handed to the consumer, re-raised there
                 await queue.put(exc)
@@ -254,6 +263,7 @@ class Client:
         profile: str | Profile | None = None,
         progress: bool | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        stream: bool | None = None,
         **body: Unpack[BodyFields],
     ) -> Results:
         """Send every item; return Results in input order with ``.stats``.
@@ -278,6 +288,7 @@ class Client:
                     sink,
                     max_concurrency=self.max_concurrency,
                     fatal_streak=self.retry.fatal_streak,
+                    stream=bool(options.stream),  # Streaming (issue 12)
                 )
             except FatalError as exc:
                 count = max(collected, default=-1) + 1

@@ -41,13 +41,15 @@ async def _drive(
     requests: Iterator[_Numbered] | AsyncIterator[_Numbered],
     sink: Sink,
     max_concurrency: int,
+    stream: bool = False,
 ) -> RunStats:
     """The engine call of every run ``_api`` makes, in one place.
 
     (``Client`` also builds the Engine and sends ``Client.create`` through
     ``Engine.execute``.)
     """
-    return await engine.new_run(max_concurrency=max_concurrency).drive(requests, sink)
+    run = engine.new_run(max_concurrency=max_concurrency, stream=stream)
+    return await run.drive(requests, sink)
 
 
 class _Reader:
@@ -169,11 +171,13 @@ async def run_items(
     *,
     max_concurrency: int,
     fatal_streak: int,
+    stream: bool = False,
 ) -> RunStats:
     """Send every item, handing each Result (invalid items' included) to ``sink``.
 
     Invalid items count as failed in the returned stats (and a FatalError's);
     ``fatal_streak`` of them in a row stop the run with ``FatalError``.
+    ``stream`` (Streaming, issue 12): stream every request whose endpoint can.
     """
     reader = _Reader(defaults, fatal_streak)
     requests = await _requests(items, reader)
@@ -185,7 +189,7 @@ async def run_items(
         await sink(result)
 
     try:
-        stats = await _drive(engine, requests, deliver, max_concurrency)
+        stats = await _drive(engine, requests, deliver, max_concurrency, stream)
     except FatalError as exc:
         while pending:
             await sink(pending.popleft())

@@ -1,4 +1,4 @@
-"""The one-call entry points: run_many, arun_many and iter_results.
+"""The one-call entry points: run_many, arun_many, iter_results and stream.
 
 Each takes exactly ``Client(...)``'s options (``ratelane._api.options``) and
 builds a Client for the call; a keyword that is neither an option nor a known
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ratelane._core.config import Price, Profile, RetryPolicy
@@ -18,13 +18,14 @@ from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
 
 from .client import Client, Items, Results
 from .options import client_arguments
+from .streaming import in_thread
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .options import BodyFields
 
-__all__ = ["arun_many", "iter_results", "run_many"]
+__all__ = ["arun_many", "iter_results", "run_many", "stream"]
 
 
 def run_many(
@@ -47,6 +48,7 @@ def run_many(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    stream: bool = False,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Blocking form of arun_many, for scripts and notebooks.
@@ -84,6 +86,7 @@ async def arun_many(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    stream: bool = False,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Send every item from async code; Results in input order, with ``.stats``.
@@ -91,7 +94,8 @@ async def arun_many(
     ``items``: prompt strings, body dicts, Batch-format dicts or Requests, from
     any iterable or async iterable (consumed lazily). Known body fields
     (``temperature=0.2``, ...) are defaults of every body; others go in
-    ``extra_body``.
+    ``extra_body``. ``stream=True`` streams each request (Responses and Chat
+    Completions) and still returns whole Results, each with ``ttft_s``.
     """
     client = Client(**client_arguments("arun_many", locals()))
     return await _run(client, items)
@@ -117,6 +121,7 @@ def iter_results(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    stream: bool = False,
     **body: Unpack[BodyFields],
 ) -> AsyncIterator[Result]:
     """Like arun_many, but yield each Result as soon as it completes (``async for``)."""
@@ -133,3 +138,48 @@ async def _iterate(client: Client, items: Items) -> AsyncIterator[Result]:
     async with client:
         async for result in client.iter_results(items):
             yield result
+
+
+# -- Streaming (issue 12) -------------------------------------------------------------
+def stream(
+    body: str | Mapping[str, Any],
+    /,
+    *,
+    path: str = "/v1/responses",
+    model: str | None = None,
+    instructions: str | None = None,
+    profile: str | Profile | None = None,
+    progress: bool = False,
+    extra_body: Mapping[str, Any] | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    organization: str | None = None,
+    project: str | None = None,
+    max_concurrency: int = 256,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    retry: RetryPolicy | None = None,
+    timeout_s: float = 600.0,
+    connect_timeout_s: float = 10.0,
+    default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+    prices: Mapping[str, Price] | None = None,
+    **fields: Unpack[BodyFields],
+) -> Iterator[dict[str, Any]]:
+    """Stream one request from synchronous code (a script, a notebook cell).
+
+    ``body`` is a prompt or a body dict; the options are ``run_many``'s. Yields
+    the events as they arrive, then the final Response (see the module notes).
+    The request runs on its own event loop in a worker thread, so this works
+    inside Jupyter too; leaving the loop early cancels it. Keywords are
+    checked at the call, as everywhere.
+    """
+    arguments = {**locals(), "body": fields, "stream": False}
+    client = Client(**client_arguments("stream", arguments))
+    request = body
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async with client:
+            async for event in client.stream(request, path=path):
+                yield event
+
+    return in_thread(events)

@@ -66,6 +66,8 @@ class RunOptions:
     progress: bool | None = None
     extra_body: Mapping[str, Any] | None = None
     body: Mapping[str, Any] = field(default_factory=dict)
+    # Streaming (issue 12): stream each request (a ratelane option, not a body default).
+    stream: bool | None = None
 
     def over(self, base: RunOptions) -> RunOptions:
         """These options with every unset one taken from ``base`` (bodies merged)."""
@@ -76,6 +78,7 @@ class RunOptions:
             progress=self.progress if self.progress is not None else base.progress,
             extra_body={**(base.extra_body or {}), **(self.extra_body or {})},
             body={**base.body, **self.body},
+            stream=self.stream if self.stream is not None else base.stream,
         )
 
     def body_defaults(self) -> BodyDefaults:
@@ -149,13 +152,12 @@ class BodyFields(TypedDict, total=False):
     """Body-field keywords, for type checkers (``**body: Unpack[BodyFields]``).
 
     The keys are ``KNOWN_BODY_FIELDS`` minus the explicit options (``model``,
-    ``instructions``); a test keeps the two in step.
+    ``instructions``, ``stream``); a test keeps the two in step.
     """
 
     input: Any
     temperature: float
     top_p: float
-    stream: bool
     stream_options: Mapping[str, Any]
     tools: list[Any]
     tool_choice: Any

@@ -126,7 +126,8 @@ class Result:
     objects so a million of them stay compact and cost the garbage collector
     nothing. ``attempts`` counts every HTTP attempt, including a resend
     without a dropped parameter; ``latency_s`` runs from the first send to
-    the final answer. ``request_id`` is the server's id for the last attempt,
+    the final answer; ``ttft_s`` (streamed requests only) from the first send
+    to the first output delta. ``request_id`` is the server's id for the last attempt,
     read from ``x-request-id`` or, behind a gateway that sends none, from the
     first proxy id header present; ``request_id_header`` names the header used.
     """
@@ -145,6 +146,8 @@ class Result:
     path: str = "/v1/responses"
     request_id_header: str | None = None
     _parsed: Any = field(default=_UNPARSED, init=False, repr=False, compare=False)
+    # Streaming (issue 12): seconds from sending to the first output delta (streamed runs only).
+    ttft_s: float | None = None
 
     @property
     def body(self) -> Any:
@@ -223,6 +226,8 @@ class RunStats:
     # A bounded uniform sample: memory stays flat however long the run.
     latencies_s: array[float] = field(default_factory=lambda: LatencySample(), repr=False)
     cost_usd: float | None = None
+    # Streaming (issue 12): times to first token of streamed requests, a bounded sample.
+    ttfts_s: array[float] = field(default_factory=lambda: LatencySample(), repr=False)
 
     @property
     def completed(self) -> int:
@@ -234,17 +239,17 @@ class RunStats:
 
     def latency_percentile(self, percent: float) -> float:
         """Latency at ``percent`` (0-100) by nearest rank; 0.0 with no results."""
-        if not self.latencies_s:
-            return 0.0
-        ordered = sorted(self.latencies_s)
-        rank = max(0, min(len(ordered) - 1, round(percent / 100 * len(ordered) + 0.5) - 1))
-        return ordered[rank]
+        return _nearest_rank(self.latencies_s, percent) if self.latencies_s else 0.0
+
+    def ttft_percentile(self, percent: float) -> float | None:
+        """Time to first token at ``percent`` (0-100); ``None`` when nothing was streamed."""
+        return _nearest_rank(self.ttfts_s, percent) if self.ttfts_s else None
 
     def as_dict(self) -> dict[str, Any]:
         data = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name != "latencies_s"
+            if f.name not in ("latencies_s", "ttfts_s")
         }
         data.update(
             completed=self.completed,
@@ -253,4 +258,15 @@ class RunStats:
             latency_p95_s=round(self.latency_percentile(95), 4),
             latency_p99_s=round(self.latency_percentile(99), 4),
         )
+        # Streaming (issue 12): None when nothing was streamed.
+        for name, percent in (("ttft_p50_s", 50), ("ttft_p95_s", 95)):
+            ttft = self.ttft_percentile(percent)
+            data[name] = None if ttft is None else round(ttft, 4)
         return data
+
+
+def _nearest_rank(values: array[float], percent: float) -> float:
+    """The value at ``percent`` (0-100) of non-empty ``values``, by nearest rank."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(percent / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]

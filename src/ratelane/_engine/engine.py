@@ -23,6 +23,7 @@ from ratelane._http.transport import Transport
 from ratelane._limits.governor import RateGovernor
 
 from .run import Item, NotSent, Run, Sink
+from .stream import EventListener
 
 __all__ = ["Engine", "Item", "NotSent", "Run", "Sink", "SleepFn"]
 
@@ -58,9 +59,12 @@ class Engine:
         self.typical_tokens = 0
 
     # -- runs -------------------------------------------------------------------
-    def new_run(self, *, max_concurrency: int) -> Run:
-        """A run with its own stats, streak, fatal and stop state; cheap."""
-        return Run(self, max_concurrency=max_concurrency)
+    def new_run(self, *, max_concurrency: int, stream: bool = False) -> Run:
+        """A run with its own stats, streak, fatal and stop state; cheap.
+
+        ``stream`` (Streaming, issue 12): stream every request whose endpoint can.
+        """
+        return Run(self, max_concurrency=max_concurrency, stream=stream)
 
     async def run(
         self,
@@ -72,9 +76,14 @@ class Engine:
         """``new_run(max_concurrency=...).drive(items, sink)``."""
         return await self.new_run(max_concurrency=max_concurrency).drive(items, sink)
 
-    async def execute(self, index: int, request: Request) -> Result:
-        """Send one request with retries, in a run of its own; never raises for HTTP failures."""
-        return await self.new_run(max_concurrency=1).execute(index, request)
+    async def execute(
+        self, index: int, request: Request, *, events: EventListener | None = None
+    ) -> Result:
+        """Send one request with retries, in a run of its own; never raises for HTTP failures.
+
+        With ``events`` (Streaming, issue 12) the request streams, each event handed to it.
+        """
+        return await self.new_run(max_concurrency=1).execute(index, request, events=events)
 
     # -- learned per-model facts ---------------------------------------------------
     def known_drops(self, model: Any) -> set[str] | tuple[()]:

@@ -35,6 +35,7 @@ from .retry import (
     refuse_oversized,
     retrying,
 )
+from .stream import EventListener, StreamState, stream_attempt, streamed_body, with_ttft
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -69,12 +70,13 @@ class _State:
     input_estimate: int = 0
     attempts: int = 0
     dropped: list[str] = field(default_factory=list)
+    stream: StreamState | None = None  # Streaming (issue 12): set when this request streams
 
 
 class Run:
     """Per-run state over a shared Engine. Make one with ``engine.new_run(max_concurrency=N)``."""
 
-    def __init__(self, engine: Engine, *, max_concurrency: int) -> None:
+    def __init__(self, engine: Engine, *, max_concurrency: int, stream: bool = False) -> None:
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.engine = engine
@@ -86,6 +88,7 @@ class Run:
         self._streak = 0
         self._fatal: tuple[str, str] | None = None
         self._stopping = False
+        self.stream = stream  # Streaming (issue 12): stream every request that can
 
     def __repr__(self) -> str:
         return (
@@ -160,10 +163,13 @@ class Run:
         return self.stats
 
     # -- one request ----------------------------------------------------------------
-    async def execute(self, index: int, request: Request) -> Result:
+    async def execute(
+        self, index: int, request: Request, *, events: EventListener | None = None
+    ) -> Result:
         """Send one request with retries; never raises for HTTP or transport failures.
 
         Raises ``NotSent`` when the run stops before the request is sent.
+        ``events`` (Streaming, issue 12) streams this request and receives its events.
         """
         self.in_flight += 1
         try:
@@ -174,6 +180,11 @@ class Run:
                     request,
                     "the body has no model. HINT: pass model=... or put 'model' in the body",
                 )
+            if self.stream or events is not None:  # Streaming (issue 12)
+                streamed = streamed_body(state.body, request.path)
+                if streamed is not None:
+                    state.body, state.payload = streamed, orjson.dumps(streamed)
+                    state.stream = StreamState(events)
             first = await self._attempt(state)
             if not first.retries or self.engine.policy.max_attempts == 1:
                 return self._finish(state, first)
@@ -231,6 +242,21 @@ class Run:
             # Latency runs from the first send, not from queueing for admission.
             state.started = began
         state.attempts += 1
+        if state.stream is not None:  # Streaming (issue 12): the same bookkeeping, read as SSE
+            decision = await stream_attempt(
+                engine,
+                state.stream,
+                state.request.path,
+                state.payload,
+                state.body,
+                attempt=state.attempts,
+                sent_at=admitted_at,
+                clock=self._clock,
+            )
+            if decision.verdict is not Verdict.SUCCESS:
+                self._act(state, decision, admitted_at)
+            self._log_attempt(state, decision, charge, self._clock() - began)
+            return decision
         try:
             reply = await engine.transport.post(state.request.path, state.payload)
         except TransportError as exc:
@@ -318,6 +344,8 @@ class Run:
             self._account_success(state, usage)
         else:
             self._account_failure(result, decision.verdict)
+        if state.stream is not None:  # Streaming (issue 12): time to first token
+            result = with_ttft(result, state.stream, state.started, stats)
         return result
 
     def _invalid(self, index: int, request: Request, message: str) -> Result:

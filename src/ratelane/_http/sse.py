@@ -109,6 +109,8 @@ class SSEParser:
             self._started = True
         if not buffer:
             return []
+        if not self._after_cr and b"\r" not in buffer:
+            return self._feed_lf(buffer)
         start = 0
         if self._after_cr and buffer[:1] == b"\n":
             start = 1
@@ -125,6 +127,25 @@ class SSEParser:
         del buffer[:start]
         return events
 
+    def _feed_lf(self, buffer: bytearray) -> list[SSEEvent]:
+        """The usual framing, LF line ends only: one decode and one split per chunk.
+
+        (A line end never falls inside a UTF-8 character, so decoding the
+        complete lines at once replaces invalid bytes exactly as line by line.)
+        """
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            return []
+        text = buffer[:end].decode("utf-8", errors="replace")
+        del buffer[: end + 1]
+        events: list[SSEEvent] = []
+        line = self._text_line
+        for raw in text.split("\n"):
+            event = line(raw)
+            if event is not None:
+                events.append(event)
+        return events
+
     def close(self) -> None:
         """End of stream: drop what no blank line closed (see :attr:`pending` first)."""
         self._buffer.clear()
@@ -132,9 +153,11 @@ class SSEParser:
         self._event = None
 
     def _line(self, raw: bytes) -> SSEEvent | None:
-        if not raw:
+        return self._text_line(raw.decode("utf-8", errors="replace")) if raw else self._dispatch()
+
+    def _text_line(self, line: str) -> SSEEvent | None:
+        if not line:
             return self._dispatch()
-        line = raw.decode("utf-8", errors="replace")
         if line[0] == ":":
             return None  # a comment (keep-alive)
         name, colon, value = line.partition(":")

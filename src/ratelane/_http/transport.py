@@ -7,8 +7,8 @@ TransportError / RequestTimeout, with messages that never include headers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -17,6 +17,7 @@ from multidict import CIMultiDictProxy
 
 from ratelane._core.errors import ConfigurationError, RequestTimeout, TransportError
 
+from .stream import StreamReply, is_event_stream, sse_events
 from .wire import auth_headers, join_url, mask_key
 
 __all__ = ["Reply", "Transport", "translated_errors"]
@@ -118,3 +119,23 @@ class Transport:
             async with session.post(url, data=payload) as response:
                 raw = await response.read()
                 return Reply(response.status, response.headers, raw)
+
+    # -- Streaming (issue 12) ---------------------------------------------------------
+    @asynccontextmanager
+    async def stream(self, path: str, payload: bytes) -> AsyncIterator[StreamReply]:
+        """POST ``payload``; hand back the SSE events while the connection is open.
+
+        See ``_http/stream.py``. Errors while reading the events are translated too.
+        """
+        url = self.url_for(path)
+        with translated_errors(url):
+            async with self.session.post(url, data=payload) as response:
+                headers = response.headers
+                if not is_event_stream(response.status, headers.get("Content-Type", "")):
+                    yield StreamReply(response.status, headers, raw=await response.read())
+                    return
+                events = sse_events(response.content.iter_any())
+                try:
+                    yield StreamReply(response.status, headers, events)
+                finally:
+                    await events.aclose()
