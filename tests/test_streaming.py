@@ -135,3 +135,13 @@ async def test_stream_is_a_run_option_everywhere_and_a_call_overrides_the_client
         assert server.ledger.by_status == {200: 4}
     assert [r.ttft_s is not None for r in (one, two, three, plain)] == [True, True, True, False]
     assert all(r.ok for r in (one, two, three, plain))
+
+
+async def test_a_body_asking_for_a_stream_is_streamed_without_the_option() -> None:
+    async with FakeOpenAI(streaming=Streaming(first_token_s=0.0)) as server:
+        async with _client(server, retry=RetryPolicy(max_attempts=1)) as client:
+            results = await client.run_many([{"input": "hello", "stream": True}])
+    (result,) = results
+    assert result.ok, result.error
+    assert result.attempts == 1 and result.ttft_s is not None
+    assert result.body["output"][0]["content"][0]["text"] == "Echo: hello"

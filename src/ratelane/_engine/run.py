@@ -180,7 +180,9 @@ class Run:
                     request,
                     "the body has no model. HINT: pass model=... or put 'model' in the body",
                 )
-            if self.stream or events is not None:  # Streaming (issue 12)
+            # Streaming (issue 12): the run's option, a listener, or the body's own "stream": true
+            # (sent plainly, its SSE answer would fail as invalid JSON on every attempt).
+            if self.stream or events is not None or request.body.get("stream") is True:
                 streamed = streamed_body(state.body, request.path)
                 if streamed is not None:
                     state.body, state.payload = streamed, orjson.dumps(streamed)
