@@ -97,6 +97,7 @@ class Merger:
         self._writer.append(result)
         self.failed.add(hash(result.custom_id))
         self._stats.failed += 1
+        self._stats.attempts += result.attempts
 
     def merge(self, path: Path, *, url: str, model: str | None) -> MergeCounts:
         """Merge one downloaded output or error file; return what it held."""
@@ -186,6 +187,7 @@ class Merger:
         counts.delivered += 1
         stats = self._stats
         stats.succeeded += 1
+        stats.attempts += 1
         if usage is not None:
             stats.input_tokens += usage.input_tokens
             stats.cached_tokens += usage.cached_tokens
