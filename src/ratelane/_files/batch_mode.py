@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import time
@@ -361,6 +362,7 @@ class BatchMode:
             await asyncio.to_thread(state.save)
             return
         self._directory.mkdir(parents=True, exist_ok=True)
+        duplicates = 0
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id is None:
                 continue
@@ -373,15 +375,33 @@ class BatchMode:
             chunk.delivered += counts.delivered
             chunk.errors += counts.failed
             chunk.left += counts.left
+            duplicates += counts.duplicates
             with contextlib.suppress(OSError):
                 target.unlink()
+        if info.status in ("expired", "cancelled"):
+            # Lines the files do not mention (a batch cancelled while validating) never ran.
+            unaccounted = chunk.lines - chunk.delivered - chunk.errors - chunk.left - duplicates
+            chunk.left += max(0, unaccounted)
+        verb = "was cancelled" if info.status == "cancelled" else info.status
+        if chunk.left == chunk.lines and not duplicates and not self._fallback:
+            # Nothing ran: the file already uploaded goes into a new batch, not uploaded again.
+            logger.warning(
+                "batch %s %s before running any of its %s lines; they are sent again in a "
+                "new batch (the same uploaded file)",
+                chunk.batch_id,
+                verb,
+                f"{chunk.lines:,}",
+            )
+            chunk.status, chunk.batch_id, chunk.left = "uploaded", None, 0
+            await asyncio.to_thread(state.save)
+            self._wake_refused()
+            return
         await asyncio.to_thread(self._writer.sync)  # OUTPUT durable before "merged" is recorded
         self._merged(chunk, info.status)
         await asyncio.to_thread(state.save)
         if chunk.left:
             self._left += chunk.left
             how = "through the real-time API" if self._fallback else "in a new batch"
-            verb = "was cancelled" if info.status == "cancelled" else info.status
             logger.warning(
                 "batch %s %s: %s of its %s lines were not run; they are sent again %s",
                 chunk.batch_id,
@@ -390,7 +410,10 @@ class BatchMode:
                 f"{chunk.lines:,}",
                 how,
             )
-        # A batch that left the pool makes room: refused ones may try again now.
+        self._wake_refused()
+
+    def _wake_refused(self) -> None:
+        """A batch that left the pool makes room: refused ones may try again now."""
         for key in self._retry_at:
             self._retry_at[key] = 0.0
 
@@ -407,7 +430,7 @@ class BatchMode:
             cap_s=self._batch.max_poll_wait_s,
             rng=self._rng,
         )
-        running = any(c.batch_id and c.status in _ENQUEUED for c in state.chunks)
+        running = self._enqueued(state, chunk.model) > 0
         logger.warning(
             "batch %s refused, the enqueued-token pool is full (%s); its file is submitted "
             "again %s. HINT: --max-enqueued-tokens keeps under a known pool up front",
@@ -417,7 +440,8 @@ class BatchMode:
         )
         chunk.batch_id = None
         chunk.status = "waiting"
-        self._retry_at[chunk.key] = self._clock() + delay
+        # With a batch of ours in the pool, wait for it to finish (_finish wakes this one).
+        self._retry_at[chunk.key] = math.inf if running else self._clock() + delay
 
     def _invalid(self, chunk: Chunk, info: BatchInfo, merger: Merger) -> None:
         """A batch that failed validation: every line of the chunk to ERRORS, at its INPUT line."""
