@@ -12,6 +12,8 @@ PACKAGE = Path(ratelane.__file__).parent
 PUBLIC = [
     "PROFILES",
     "APIError",
+    "BatchJob",
+    "BatchRunOptions",
     "Client",
     "ConfigurationError",
     "ErrorInfo",
@@ -36,12 +38,14 @@ PUBLIC = [
     "__version__",
     "arun_file",
     "arun_many",
+    "asubmit_batch",
     "backoff_wait",
     "format_duration",
     "iter_results",
     "parse_duration",
     "run_file",
     "run_many",
+    "submit_batch",
 ]
 
 
