@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -96,9 +97,28 @@ def add_batch_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _flags(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    return [
+        ("--completion-window", args.completion_window),
+        ("--poll-interval", args.poll_interval),
+        ("--max-batch-lines", args.max_batch_lines),
+        ("--max-batch-bytes", args.max_batch_bytes),
+        ("--max-enqueued-tokens", args.max_enqueued_tokens),
+        ("--fallback", args.fallback),
+    ]
+
+
 def batch_settings(args: argparse.Namespace) -> dict[str, Any]:
     """``RunSettings`` fields from the flags: ``via`` and ``batch``."""
     if args.via != "batch":
+        given = [flag for flag, value in _flags(args) if value is not None]
+        if args.detach:
+            given.insert(0, "--detach")
+        if given:
+            print(
+                f"ratelane: warning: {', '.join(given)} only apply with --via batch; ignored",
+                file=sys.stderr,
+            )
         return {"via": "realtime", "batch": None}
     values: dict[str, Any] = {
         "completion_window": args.completion_window,
@@ -119,14 +139,7 @@ def batch_flag_words(args: argparse.Namespace) -> list[str]:
     if args.via != "batch":
         return []
     words = ["--via", "batch"]
-    for flag, value in (
-        ("--completion-window", args.completion_window),
-        ("--poll-interval", args.poll_interval),
-        ("--max-batch-lines", args.max_batch_lines),
-        ("--max-batch-bytes", args.max_batch_bytes),
-        ("--max-enqueued-tokens", args.max_enqueued_tokens),
-        ("--fallback", args.fallback),
-    ):
+    for flag, value in _flags(args):
         if value is not None:
             text = (
                 str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

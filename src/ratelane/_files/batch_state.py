@@ -23,6 +23,7 @@ INPUT line. The file is written atomically (temporary file, ``fsync``,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from bisect import bisect_right
 from collections.abc import Iterable
@@ -41,9 +42,11 @@ __all__ = [
     "LineRanges",
     "chunk_directory",
     "sidecar_path",
+    "warn_uncollected",
 ]
 
 StrPath = str | os.PathLike[str]
+logger = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".batches.json"
 _VERSION = 1
@@ -251,3 +254,24 @@ class BatchState:
                 os.fsync(directory)
             finally:
                 os.close(directory)
+
+
+def warn_uncollected(output_path: StrPath) -> None:
+    """Before a real-time run: say so if OUTPUT has batches not collected yet (cheap: one stat)."""
+    if not sidecar_path(output_path).exists():
+        return
+    try:
+        state = BatchState.load(output_path)
+    except ConfigurationError:
+        return
+    active = state.active() if state is not None else []
+    if active:
+        logger.warning(
+            "%s has %d Batch API %s not collected yet; real-time mode sends their lines too "
+            "(a batch's copy is skipped when collected). HINT: collect them with --via batch, "
+            "or `ratelane batch cancel %s` to stop paying for both",
+            os.fspath(output_path),
+            len(active),
+            "batch" if len(active) == 1 else "batches",
+            os.fspath(output_path),
+        )

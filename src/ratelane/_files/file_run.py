@@ -41,6 +41,7 @@ from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
 from .batch_options import BatchRunOptions
+from .batch_state import warn_uncollected
 from .checkpoint import DoneSet, OutputLock, ResultWriter
 from .input import (
     _BOM,
@@ -574,6 +575,7 @@ class FileRun:
                 if self._stop_requested:
                     batch_mode.stop()
                 return await batch_mode.run()
+            warn_uncollected(self.output_path)  # Batch API mode (issue 11): batches still out
             start, done = await asyncio.to_thread(self._resume_from, fingerprint, revalidated)
             known_done = len(done) + (start.done_lines if start is not None else 0)
             async with client:
@@ -727,7 +729,9 @@ async def arun_file(
 
     Resumable: call it again with the same paths and only the lines without
     a success in ``output`` are sent. ``errors`` (default
-    ``<output stem>.errors.jsonl``) gets this run's permanent failures. See
+    ``<output stem>.errors.jsonl``) gets this run's permanent failures.
+    ``via="batch"`` sends them through the Batch API at half the price
+    (``batch``: a :class:`BatchRunOptions`; see batch_mode.py). See
     :class:`FileRunOptions` for the options and :meth:`FileRun.run` for what
     is raised; the result is a :class:`FileRunSummary`.
     """
