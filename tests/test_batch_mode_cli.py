@@ -121,7 +121,7 @@ def test_sigkill_while_batches_run_then_same_command_completes(
     tmp_path: Path, serve: Any, in_process_cli: InProcessCli
 ) -> None:
     ids = simple(tmp_path / "in.jsonl", 60)
-    server = serve(BatchOptions(time_scale=0.15))  # 0.45 s to run: time to kill
+    server = serve(BatchOptions(time_scale=0.2))  # 0.6 s to run: time to kill
     output = tmp_path / "out.jsonl"
     argv = ["run", str(tmp_path / "in.jsonl"), "-o", str(output), "--via", "batch",
             "--max-batch-lines", "20", *POLL]  # fmt: skip
@@ -144,7 +144,7 @@ def test_sigkill_while_batches_run_then_same_command_completes(
     finally:
         process.kill()
         process.wait(30)
-    assert {batch(server, b).status for b in ids_of(server)} <= {"validating", "in_progress"}
+    assert {batch(server, b).status for b in ids_of(server)} & {"validating", "in_progress"}
 
     again = in_process_cli(*argv, env=env_for(server))
     assert again.returncode == 0, again.stderr
@@ -167,7 +167,8 @@ def test_detach_status_cancel_then_rerun_resubmits_what_was_not_delivered(
     tmp_path: Path, serve: Any, in_process_cli: InProcessCli
 ) -> None:
     ids = simple(tmp_path / "in.jsonl", 40)
-    server = serve(BatchOptions(time_scale=0.1))
+    # Batches that would validate for minutes: `batch cancel` stops them before any line ran.
+    server = serve(BatchOptions(time_scale=0.02, validating_s=10_000))
     output = tmp_path / "out.jsonl"
     argv = ["run", tmp_path / "in.jsonl", "-o", output, "--via", "batch",
             "--max-batch-lines", "20", *POLL]  # fmt: skip
@@ -185,6 +186,7 @@ def test_detach_status_cancel_then_rerun_resubmits_what_was_not_delivered(
     cancel = in_process_cli("batch", "cancel", output, env=env_for(server))
     assert cancel.returncode == 0, cancel.stderr
     assert "2 batches cancelled" in cancel.stdout
+    server.batches.options = FAST  # the resubmitted batches run at the usual pace
 
     again = in_process_cli(*argv, env=env_for(server))
     assert again.returncode == 0, again.stderr
@@ -243,7 +245,8 @@ def test_token_limit_exceeded_is_waited_out(
     tmp_path: Path, serve: Any, in_process_cli: InProcessCli
 ) -> None:
     ids = simple(tmp_path / "in.jsonl", 40)
-    server = serve(BatchOptions(time_scale=0.02, enqueued_token_limit=150))  # one batch at a time
+    # One batch at a time fits the pool; each runs 0.2 s, so the second is refused.
+    server = serve(BatchOptions(time_scale=0.02, in_progress_s=10, enqueued_token_limit=150))
     output = tmp_path / "out.jsonl"
     ran = in_process_cli(
         "run", tmp_path / "in.jsonl", "-o", output, "--via", "batch", "--max-batch-lines", "20",

@@ -27,7 +27,8 @@ async def test_submit_then_status_then_results_in_item_order(tmp_path: Path) -> 
             directory=tmp_path / "job",
         )
         [view] = await job.async_status()
-        assert view.info is not None and view.info.request_counts.total == 3
+        assert view.chunk.lines == 3
+        assert view.status in ("validating", "in_progress", "finalizing", "completed")
         assert len(server.batches.creations) == 1
         results = await job.async_results()
     assert [r.custom_id for r in results] == ["request-0", "request-1", "mine"]
