@@ -258,6 +258,16 @@ def test_token_limit_exceeded_is_waited_out(
     assert len(server.batches.uploads) == 2
     assert len(server.batches.creations) == 3  # the refused one once more, after the first
 
+    # Kept under the pool up front: the second batch waits for the first, nobody is refused.
+    capped = in_process_cli(
+        "run", tmp_path / "in.jsonl", "-o", tmp_path / "capped.jsonl", "--via", "batch",
+        "--max-batch-lines", "20", "--max-enqueued-tokens", "150", *POLL, env=env_for(server),
+    )  # fmt: skip
+    assert capped.returncode == 0, capped.stderr
+    assert "pool is full" not in capped.stderr
+    assert_each_once(tmp_path / "capped.jsonl", ids)
+    assert len(server.batches.creations) == 3 + 2
+
 
 def test_switching_modes_on_one_output_never_writes_a_line_twice(
     tmp_path: Path, serve: Any, in_process_cli: InProcessCli

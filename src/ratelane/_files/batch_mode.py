@@ -176,6 +176,8 @@ class BatchMode:
         finally:
             self._close_bar()
             self._writer.sync()
+            with contextlib.suppress(OSError):
+                self._directory.rmdir()  # only when empty: no chunk waits for its upload
             self.stats.elapsed_s = time.perf_counter() - started
         return self._summary(state, done, fatal, detached, realtime)
 
@@ -311,9 +313,11 @@ class BatchMode:
             cap_s=self._batch.max_poll_wait_s,
             rng=self._rng,
         )
-        waits = [at - self._clock() for at in self._retry_at.values()]
+        now = self._clock()
+        # A refused batch due sooner than the next poll shortens the wait (never to a spin).
+        waits = [at - now for at in self._retry_at.values() if at > now]
         if waits:
-            delay = max(0.0, min([delay, *waits]))
+            delay = min([delay, *waits])
         return delay
 
     async def _poll(self, api: BatchAPI, state: BatchState, merger: Merger) -> bool:
