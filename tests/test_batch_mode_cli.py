@@ -287,3 +287,24 @@ def test_switching_modes_on_one_output_never_writes_a_line_twice(
     assert_each_once(output, ids)
     status = in_process_cli("batch", "status", output, env=env_for(server))
     assert "1 batch: 1 collected (completed)" in status.stdout
+
+
+def test_a_batch_created_but_never_recorded_is_found_not_created_again(
+    tmp_path: Path, serve: Any, in_process_cli: InProcessCli
+) -> None:
+    ids = simple(tmp_path / "in.jsonl", 10)
+    server = serve()
+    output = tmp_path / "out.jsonl"
+    argv = ["run", tmp_path / "in.jsonl", "-o", output, "--via", "batch", *POLL]
+    assert in_process_cli(*argv, "--detach", env=env_for(server)).returncode == 0
+    # As if the run died between the server's answer to POST /v1/batches and the save.
+    sidecar = Path(f"{output}.batches.json")
+    state = orjson.loads(sidecar.read_bytes())
+    [chunk] = state["chunks"]
+    created, chunk["batch_id"], chunk["status"] = chunk["batch_id"], None, "uploaded"
+    sidecar.write_bytes(orjson.dumps(state))
+    again = in_process_cli(*argv, env=env_for(server))
+    assert again.returncode == 0, again.stderr
+    assert f"found {created}" in again.stderr
+    assert_each_once(output, ids)
+    assert len(server.batches.creations) == 1

@@ -187,6 +187,7 @@ class BatchMode:
 
     async def _loop(self, api: BatchAPI, state: BatchState, merger: Merger) -> bool:
         """Until every line has a success or failed: True when detached."""
+        await self._adopt_unrecorded(api, state)
         while not self._stopped:
             if not state.active():
                 if self._left and self._fallback:
@@ -282,6 +283,33 @@ class BatchMode:
                 await asyncio.to_thread(state.save)
             if chunk.status in ("uploaded", "waiting") and self._may_create(state, chunk):
                 await self._create(api, state, chunk)
+
+    async def _adopt_unrecorded(self, api: BatchAPI, state: BatchState) -> None:
+        """Find batches created by a run that died before recording them, so none is made twice.
+
+        Only chunks an earlier run uploaded and never saw refused or cancelled qualify;
+        the newest 100 batches of the organization are searched for their file ids.
+        """
+        lost = {
+            chunk.file_id: chunk
+            for chunk in state.active()
+            if chunk.status == "uploaded" and chunk.file_id and not chunk.refusals
+        }
+        if not lost:
+            return
+        listed = await self._call("list of batches", api.list_batches)
+        for info in listed:
+            chunk = lost.pop(info.input_file_id or "", None)
+            if chunk is None or info.status in ("failed", "cancelled", "expired"):
+                continue
+            logger.warning(
+                "found %s, created for %s by an earlier run that stopped before recording it; "
+                "using it",
+                info.id,
+                chunk.name,
+            )
+            chunk.batch_id, chunk.status, chunk.created_at = info.id, info.status, time.time()
+            await asyncio.to_thread(state.save)
 
     async def _create(self, api: BatchAPI, state: BatchState, chunk: Chunk) -> None:
         file_id = chunk.file_id
