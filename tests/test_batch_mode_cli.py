@@ -269,14 +269,22 @@ def test_token_limit_exceeded_is_waited_out(
     assert len(server.batches.creations) == 3 + 2
 
 
+def detached(
+    tmp_path: Path, serve: Any, in_process_cli: InProcessCli, count: int
+) -> tuple[list[str], FakeOpenAI, Path, list[Any]]:
+    """``count`` lines submitted with --detach: (ids, server, OUTPUT, the run's argv)."""
+    ids = simple(tmp_path / "in.jsonl", count)
+    server = serve()
+    output = tmp_path / "out.jsonl"
+    argv = ["run", tmp_path / "in.jsonl", "-o", output, "--via", "batch", *POLL]
+    assert in_process_cli(*argv, "--detach", env=env_for(server)).returncode == 0
+    return ids, server, output, argv
+
+
 def test_switching_modes_on_one_output_never_writes_a_line_twice(
     tmp_path: Path, serve: Any, in_process_cli: InProcessCli
 ) -> None:
-    ids = simple(tmp_path / "in.jsonl", 30)
-    server = serve()
-    output = tmp_path / "out.jsonl"
-    batch_argv = ["run", tmp_path / "in.jsonl", "-o", output, "--via", "batch", *POLL]
-    assert in_process_cli(*batch_argv, "--detach", env=env_for(server)).returncode == 0
+    ids, server, output, batch_argv = detached(tmp_path, serve, in_process_cli, 30)
     # Real time sends every line without a success, while the batch runs on.
     realtime = in_process_cli("run", tmp_path / "in.jsonl", "-o", output, env=env_for(server))
     assert realtime.returncode == 0, realtime.stderr
@@ -292,11 +300,7 @@ def test_switching_modes_on_one_output_never_writes_a_line_twice(
 def test_a_batch_created_but_never_recorded_is_found_not_created_again(
     tmp_path: Path, serve: Any, in_process_cli: InProcessCli
 ) -> None:
-    ids = simple(tmp_path / "in.jsonl", 10)
-    server = serve()
-    output = tmp_path / "out.jsonl"
-    argv = ["run", tmp_path / "in.jsonl", "-o", output, "--via", "batch", *POLL]
-    assert in_process_cli(*argv, "--detach", env=env_for(server)).returncode == 0
+    ids, server, output, argv = detached(tmp_path, serve, in_process_cli, 10)
     # As if the run died between the server's answer to POST /v1/batches and the save.
     sidecar = Path(f"{output}.batches.json")
     state = orjson.loads(sidecar.read_bytes())
