@@ -10,14 +10,16 @@ import orjson
 import pytest
 
 from ratelane._core.config import Price
-from ratelane._core.errors import ConfigurationError
+from ratelane._core.errors import APIError, ConfigurationError, TransportError
 from ratelane._core.models import RunStats
 from ratelane._files.batch_merge import Merger
+from ratelane._files.batch_mode import BatchMode, _Fatal
 from ratelane._files.batch_options import BatchRunOptions, poll_delay
 from ratelane._files.batch_plan import ChunkLimits, plan_chunks
 from ratelane._files.batch_state import BatchState, Chunk, LineRanges, sidecar_path
 from ratelane._files.checkpoint import DoneSet, ResultWriter
-from ratelane._files.input import BatchLine
+from ratelane._files.file_run import FileRun, FileRunOptions
+from ratelane._files.input import BatchLine, ValidationReport
 
 # --------------------------------------------------------------------------- options
 
@@ -224,3 +226,39 @@ def test_merge_writes_successes_once_failures_to_errors_and_leaves_unrun_lines(
     assert not merger.settled("late")
     assert (stats.succeeded, stats.failed, stats.input_tokens) == (1, 1, 1000)
     assert stats.cost_usd == pytest.approx(1000 * 1e-6 + 2000 * 2e-6)
+
+
+# --------------------------------------------------------------------------- server calls
+
+
+async def test_calls_retry_answers_that_may_change_and_stop_on_the_others(tmp_path: Path) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    options = FileRunOptions(
+        api_key="sk-units-0001", via="batch", batch=BatchRunOptions(poll_interval_s=1.0)
+    )
+    file_run = FileRun(tmp_path / "in.jsonl", tmp_path / "out.jsonl", options=options)
+    report = ValidationReport(str(tmp_path / "in.jsonl"), 1, (), 0, 0)
+    with ResultWriter(tmp_path / "out.jsonl", tmp_path / "err.jsonl") as writer:
+        mode = BatchMode(file_run, writer, report, sleep=sleep, rng=random.Random(3))
+        answers: list[Any] = [APIError("busy", status_code=503), TransportError("reset"), "ok"]
+
+        async def call() -> Any:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        assert await mode._call("retrieve of batch_1", call) == "ok"
+        assert len(waits) == 2 and waits[0] == 1.0 and 1.5 <= waits[1] <= 2.0  # backing off
+
+        async def refused() -> Any:
+            raise APIError("bad key", status_code=401, code="invalid_api_key")
+
+        with pytest.raises(_Fatal) as stop:
+            await mode._call("upload of chunk-00001.jsonl", refused)
+        assert (stop.value.reason, stop.value.status) == ("invalid_api_key", 401)
+        assert len(waits) == 2  # no wait before a fatal answer
