@@ -259,14 +259,15 @@ def test_token_limit_exceeded_is_waited_out(
     assert len(server.batches.creations) == 3  # the refused one once more, after the first
 
     # Kept under the pool up front: the second batch waits for the first, nobody is refused.
+    quick = serve(BatchOptions(time_scale=0.02, enqueued_token_limit=150))
     capped = in_process_cli(
         "run", tmp_path / "in.jsonl", "-o", tmp_path / "capped.jsonl", "--via", "batch",
-        "--max-batch-lines", "20", "--max-enqueued-tokens", "150", *POLL, env=env_for(server),
+        "--max-batch-lines", "20", "--max-enqueued-tokens", "150", *POLL, env=env_for(quick),
     )  # fmt: skip
     assert capped.returncode == 0, capped.stderr
     assert "pool is full" not in capped.stderr
     assert_each_once(tmp_path / "capped.jsonl", ids)
-    assert len(server.batches.creations) == 3 + 2
+    assert len(quick.batches.creations) == 2
 
 
 def detached(
@@ -312,3 +313,20 @@ def test_a_batch_created_but_never_recorded_is_found_not_created_again(
     assert f"found {created}" in again.stderr
     assert_each_once(output, ids)
     assert len(server.batches.creations) == 1
+
+
+def test_batches_that_never_run_stop_the_run_instead_of_looping(
+    tmp_path: Path, serve: Any, in_process_cli: InProcessCli
+) -> None:
+    simple(tmp_path / "in.jsonl", 5)
+    server = serve(BatchOptions(time_scale=0.02, expire_after_lines=0))
+    ran = in_process_cli(
+        "run", tmp_path / "in.jsonl", "-o", tmp_path / "out.jsonl", "--via", "batch", *POLL,
+        env=env_for(server),
+    )  # fmt: skip
+    assert ran.returncode == 3, ran.stderr
+    assert (
+        "3 batches in a row of chunk-00001.jsonl ran nothing" in ran.stderr
+        and "--fallback realtime" in ran.stderr
+    )
+    assert (len(server.batches.uploads), len(server.batches.creations)) == (1, 3)

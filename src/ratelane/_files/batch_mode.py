@@ -64,6 +64,9 @@ _ENQUEUED = frozenset({"validating", "in_progress", "cancelling"})
 _TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _MAX_CALL_ATTEMPTS = 8
 _SHOWN_LINES = 10
+#: Batches of one chunk that expire or are cancelled in a row, having run nothing, before
+#: the run stops (a user's `batch cancel` counts once; a service that never runs it, more).
+_MAX_BARREN = 3
 
 
 def batch_transport(options: FileRunOptions) -> Transport:
@@ -130,6 +133,7 @@ class BatchMode:
         self._stopped = False
         self._retry_at: dict[int, float] = {}
         self._quiet = 0  # polls in a row that saw nothing change
+        self._barren: dict[int, int] = {}  # chunk key -> batches that ended having run nothing
         self.stats = RunStats()
         self._left = 0  # lines expired or cancelled batches did not run, this run
         self._created = 0
@@ -417,6 +421,16 @@ class BatchMode:
         verb = "was cancelled" if info.status == "cancelled" else info.status
         if chunk.left == chunk.lines and not duplicates and not self._fallback:
             # Nothing ran: the file already uploaded goes into a new batch, not uploaded again.
+            barren = self._barren[chunk.key] = self._barren.get(chunk.key, 0) + 1
+            if barren >= _MAX_BARREN:
+                raise _Fatal(
+                    "batches_not_running",
+                    f"batch {chunk.batch_id} {verb} without running any of its lines: "
+                    f"{barren} batches in a row of {chunk.name} ran nothing. HINT: see "
+                    "`ratelane batch status OUTPUT`; --fallback realtime sends such lines "
+                    "through the real-time API instead",
+                    None,
+                )
             logger.warning(
                 "batch %s %s before running any of its %s lines; they are sent again in a "
                 "new batch (the same uploaded file)",
