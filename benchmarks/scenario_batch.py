@@ -14,6 +14,10 @@ Targets (issue 11): peak RSS under 100 MB, client time outside server waits
 under 30 s. Usage::
 
     .venv/bin/python benchmarks/scenario_batch.py [--lines 200000] [--time-scale 1]
+
+In ``run_all.py`` (scenario ``batch``): the full level runs this script with
+200,000 lines in a fresh process, the quick level with 20,000; the smoke level
+only says where it lives (the CLI tests cover the same path in seconds).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ WRAPPER = (
 )
 RSS_TARGET_MB = 100
 CLIENT_TARGET_S = 30
+NAME = "batch"
+TIME_LIMIT_S = 900
 
 
 def generate(path: Path, lines: int) -> None:
@@ -137,6 +143,55 @@ def main() -> None:
         "peak_rss_mb": round(peak_mb, 1),
     }
     print(orjson.dumps(summary).decode())
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    """The ``batch`` scenario of ``run_all.py``: this script in a fresh process."""
+    from _bench import report, target
+
+    title = "Batch API mode (a 200,000-line file through `ratelane run --via batch`)"
+    if ctx.smoke:
+        note = "see benchmarks/scenario_batch.py (not run at the smoke level)"
+        return report(NAME, title, config={}, columns=[], rows=[], figures={"status": note},
+                      notes=[note])  # fmt: skip
+    lines = ctx.pick(20_000, 200_000)
+    ctx.log(f"running {Path(__file__).name} --lines {lines:,} (up to {TIME_LIMIT_S} s)")
+    done = subprocess.run(
+        [sys.executable, __file__, "--lines", str(lines)],
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT_S,
+        check=False,
+    )
+    output = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not output:
+        raise RuntimeError(f"scenario_batch.py exited {done.returncode}: {done.stderr[-2000:]}")
+    summary = json.loads(output[-1])
+    ok = summary["exit_code"] == 0 and summary["distinct_ids"] == summary["output_lines"] == lines
+    return report(
+        NAME,
+        title,
+        config={"lines": lines},
+        columns=["scenario_batch.py output"],
+        rows=[[line] for line in output[:-1]],
+        figures=summary,
+        targets=[
+            target("every line once in OUTPUT", f"{lines:,}", f"{summary['distinct_ids']:,}", ok),
+            target(
+                f"client peak RSS, {lines:,} lines",
+                f"< {RSS_TARGET_MB} MB",
+                f"{summary['peak_rss_mb']:.1f} MB",
+                summary["peak_rss_mb"] < RSS_TARGET_MB,
+            ),
+            target(
+                "client time outside server waits (CPU s)",
+                f"< {CLIENT_TARGET_S} s",
+                f"{summary['client_cpu_s']:.1f} s",
+                summary["client_cpu_s"] < CLIENT_TARGET_S,
+            ),
+        ],
+        notes=["client time is the CLI's CPU seconds: it sleeps while the batches run"],
+    )
 
 
 if __name__ == "__main__":
