@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import _plots
+import scenario_batch
 import scenario_fanout
 import scenario_faults
 import scenario_gateway
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
         scenario_huge_file,
         scenario_faults,
         scenario_gateway,
+        scenario_batch,  # Batch API mode (issue 11)
     )
 }
 

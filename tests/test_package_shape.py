@@ -12,6 +12,8 @@ PACKAGE = Path(ratelane.__file__).parent
 PUBLIC = [
     "PROFILES",
     "APIError",
+    "BatchJob",
+    "BatchRunOptions",
     "Client",
     "ConfigurationError",
     "ErrorInfo",
@@ -36,6 +38,7 @@ PUBLIC = [
     "__version__",
     "arun_file",
     "arun_many",
+    "asubmit_batch",
     "backoff_wait",
     "format_duration",
     "iter_results",
@@ -43,6 +46,7 @@ PUBLIC = [
     "run_file",
     "run_many",
     "stream",
+    "submit_batch",
 ]
 
 

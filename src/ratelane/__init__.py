@@ -26,6 +26,8 @@ from ._core.errors import (
 )
 from ._core.models import ErrorInfo, Request, Result, RunStats, Usage
 from ._engine.retry import backoff_wait
+from ._files.batch_job import BatchJob, asubmit_batch, submit_batch
+from ._files.batch_options import BatchRunOptions
 from ._files.file_run import (
     ExitReason,
     FileRun,
@@ -40,6 +42,8 @@ __version__ = "0.1.0"
 __all__ = [
     "PROFILES",
     "APIError",
+    "BatchJob",
+    "BatchRunOptions",
     "Client",
     "ConfigurationError",
     "ErrorInfo",
@@ -64,6 +68,7 @@ __all__ = [
     "__version__",
     "arun_file",
     "arun_many",
+    "asubmit_batch",
     "backoff_wait",
     "format_duration",
     "iter_results",
@@ -71,4 +76,5 @@ __all__ = [
     "run_file",
     "run_many",
     "stream",
+    "submit_batch",
 ]

@@ -37,6 +37,7 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
         "run a fake OpenAI API server (for tests and benchmarks)",
     ),
     ("merge", "ratelane._cli.merge", "combine the outputs of sharded runs, one line per custom_id"),
+    ("batch", "ratelane._cli.batch", "status or cancel of the batches of a `run --via batch`"),
 )
 
 

@@ -25,13 +25,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
 from ratelane._core.argtypes import positive_float, positive_int
 from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, InputError, OutputLockedError
+from ratelane._files.batch_options import BatchRunOptions
 from ratelane._files.checkpoint import DoneSet
 from ratelane._files.file_run import (
     DEFAULT_MAX_CONCURRENCY,
@@ -49,6 +50,7 @@ from ratelane._files.file_run import (
 from ratelane._files.input import iter_batch_requests
 from ratelane._http.wire import DEFAULT_BASE_URL
 
+from .batch_flags import add_batch_flags, batch_flag_words, batch_settings, detached_message
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .summary import RunSummary, format_summary, stop_cause
 
@@ -122,6 +124,9 @@ class RunSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     progress: bool = False
     resume_command: str | None = None
+    # Batch API mode (issue 11): --via batch and its flags (batch_flags.py).
+    via: Literal["realtime", "batch"] = "realtime"
+    batch: BatchRunOptions | None = None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -204,6 +209,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="validate INPUT, count lines and estimated tokens; send nothing",
     )
+    add_batch_flags(parser)  # Batch API mode (issue 11)
     parser.set_defaults(handler=run)
     return parser
 
@@ -238,6 +244,7 @@ def resume_command(args: argparse.Namespace) -> str:
         parts += [flag, _number(value) if isinstance(value, int | float) else str(value)]
     if args.no_progress:
         parts.append("--no-progress")
+    parts += batch_flag_words(args)  # Batch API mode (issue 11)
     return shlex.join(parts)
 
 
@@ -256,6 +263,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         timeout_s=args.timeout or DEFAULT_TIMEOUT_S,
         progress=not args.no_progress and sys.stderr.isatty(),
         resume_command=resume_command(args),
+        **batch_settings(args),  # Batch API mode (issue 11)
     )
 
 
@@ -344,6 +352,8 @@ def run_batch(settings: RunSettings, *, api_key: str) -> int:
             retry=RetryPolicy(max_attempts=settings.max_attempts),
             timeout_s=settings.timeout_s,
             progress=settings.progress,
+            via=settings.via,  # Batch API mode (issue 11)
+            batch=settings.batch,
         )
     except ConfigurationError as exc:
         _say(str(exc))
@@ -448,6 +458,9 @@ def _finish(settings: RunSettings, summary: FileRunSummary) -> int:
         headline = f"stopped early ({label}): {summary.stop_message}"
         code = EXIT_FATAL
         hint = f"{cause}, then run the same command again to resume"
+    elif reason is ExitReason.DETACHED:  # Batch API mode (issue 11)
+        headline = detached_message(summary, settings.resume_command)
+        code = EXIT_OK
     elif reason is ExitReason.STOPPED:
         headline = "interrupted; every result received so far is saved"
         code = EXIT_INTERRUPTED

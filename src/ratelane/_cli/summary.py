@@ -148,14 +148,15 @@ def format_summary(summary: RunSummary) -> str:
                 f"{stats.attempts:,} attempts, {stats.retried:,} requests retried",
             )
         )
-        rows.append(
-            (
-                "latency",
-                f"p50 {_seconds(stats.latency_percentile(50))}, "
-                f"p95 {_seconds(stats.latency_percentile(95))}, "
-                f"p99 {_seconds(stats.latency_percentile(99))}",
+        if stats.latencies_s:  # none from the Batch API (issue 11): no latency row
+            rows.append(
+                (
+                    "latency",
+                    f"p50 {_seconds(stats.latency_percentile(50))}, "
+                    f"p95 {_seconds(stats.latency_percentile(95))}, "
+                    f"p99 {_seconds(stats.latency_percentile(99))}",
+                )
             )
-        )
         rows.append(
             (
                 "tokens",

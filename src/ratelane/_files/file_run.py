@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ratelane._api.client import Client
 from ratelane._core.batch_line import line_problems
@@ -40,6 +40,8 @@ from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
+from .batch_options import BatchRunOptions
+from .batch_state import warn_uncollected
 from .checkpoint import DoneSet, OutputLock, ResultWriter
 from .input import (
     _BOM,
@@ -96,6 +98,8 @@ class ExitReason(enum.Enum):
     FATAL = "fatal"
     #: Stopped by :meth:`FileRun.stop` / :meth:`FileRun.abort` before the end.
     STOPPED = "stopped"
+    #: Batch API mode with ``detach``: the batches run on; the same call collects them.
+    DETACHED = "detached"
 
 
 class InvalidInputError(InputError):
@@ -130,10 +134,15 @@ class FileRunOptions:
     prices: Mapping[str, Price] | None = None
     progress: bool = False
     fsync_interval_s: float = FSYNC_INTERVAL_S
+    # Batch API mode (issue 11, batch_mode.py): "batch" sends INPUT through /v1/batches.
+    via: Literal["realtime", "batch"] = "realtime"
+    batch: BatchRunOptions | None = None
 
     def __post_init__(self) -> None:
         if self.model is not None and not (isinstance(self.model, str) and self.model):
             raise ConfigurationError(f"model must be a non-empty model name, got {self.model!r}")
+        if self.via not in ("realtime", "batch"):  # Batch API mode (issue 11)
+            raise ConfigurationError(f'via must be "realtime" or "batch", got {self.via!r}')
         if not self.fsync_interval_s >= 0:
             raise ConfigurationError(
                 f"fsync_interval_s must be 0 or more seconds, got {self.fsync_interval_s}"
@@ -174,6 +183,9 @@ class FileRunSummary:
     repaired_bytes: int = 0
     revalidated: bool = True
     fast_resume: bool = False
+    # Batch API mode (issue 11): the mode, and batches not yet collected (``DETACHED``).
+    via: str = "realtime"
+    batches_pending: int = 0
 
     @property
     def ok(self) -> bool:
@@ -422,11 +434,14 @@ class FileRun:
         self._bar: Any = None
         self._prefix: DonePrefix | None = None
         self._marker: MarkerFile | None = None
+        self._batch_mode: Any = None  # Batch API mode (issue 11): its BatchMode while it runs
 
     # -- control, callable from a signal handler or another task ------------------
     def stop(self) -> None:
         """Send no new requests; those in flight finish and are written. Idempotent."""
         self._stop_requested = True
+        if self._batch_mode is not None:  # Batch API mode (issue 11)
+            self._batch_mode.stop()
         if self._feed is not None:
             self._feed.stopped = True
         if self._engine_run is not None:
@@ -553,6 +568,14 @@ class FileRun:
                 on_sync=self._checkpoint,
             ) as writer,
         ):
+            if self.options.via == "batch":  # Batch API mode (issue 11): batch_mode.py
+                from .batch_mode import BatchMode
+
+                self._batch_mode = batch_mode = BatchMode(self, writer, report)
+                if self._stop_requested:
+                    batch_mode.stop()
+                return await batch_mode.run()
+            warn_uncollected(self.output_path)  # Batch API mode (issue 11): batches still out
             start, done = await asyncio.to_thread(self._resume_from, fingerprint, revalidated)
             known_done = len(done) + (start.done_lines if start is not None else 0)
             async with client:
@@ -699,12 +722,16 @@ async def arun_file(
     prices: Mapping[str, Price] | None = None,
     progress: bool = True,
     fsync_interval_s: float = FSYNC_INTERVAL_S,
+    via: Literal["realtime", "batch"] = "realtime",
+    batch: BatchRunOptions | None = None,
 ) -> FileRunSummary:
     """Send every request of the Batch-format file ``input``; successes go to ``output``.
 
     Resumable: call it again with the same paths and only the lines without
     a success in ``output`` are sent. ``errors`` (default
-    ``<output stem>.errors.jsonl``) gets this run's permanent failures. See
+    ``<output stem>.errors.jsonl``) gets this run's permanent failures.
+    ``via="batch"`` sends them through the Batch API at half the price
+    (``batch``: a :class:`BatchRunOptions`; see batch_mode.py). See
     :class:`FileRunOptions` for the options and :meth:`FileRun.run` for what
     is raised; the result is a :class:`FileRunSummary`.
     """
@@ -723,6 +750,8 @@ async def arun_file(
         prices=prices,
         progress=progress,
         fsync_interval_s=fsync_interval_s,
+        via=via,
+        batch=batch,
     )
     return await FileRun(input, output, errors=errors, options=options).run()
 

@@ -276,3 +276,13 @@ class BatchAPI:
     async def cancel_batch(self, batch_id: str) -> BatchInfo:
         what = f"cancel of {batch_id}"
         return BatchInfo.from_wire(await self._json("POST", f"/v1/batches/{batch_id}/cancel", what))
+
+    async def list_batches(self, *, limit: int = 100) -> list[BatchInfo]:
+        """The organization's newest batches (one page of at most ``limit``, 1-100)."""
+        body = await self._json("GET", f"/v1/batches?limit={limit}", "list of batches")
+        data = body.get("data") if isinstance(body, Mapping) else None
+        return (
+            [BatchInfo.from_wire(item) for item in data if isinstance(item, Mapping)]
+            if isinstance(data, list)
+            else []
+        )
