@@ -122,6 +122,8 @@ class RunSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     progress: bool = False
     resume_command: str | None = None
+    background: bool = False  # background mode (issue 12)
+    cancel_on_exit: bool = False
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -204,6 +206,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="validate INPUT, count lines and estimated tokens; send nothing",
     )
+    # Background mode (issue 12)
+    add(
+        "--background",
+        action="store_true",
+        help="send every line with background: true and poll it to the end; the response "
+        "ids go to OUTPUT.pending.jsonl first, so a resume re-attaches instead of paying twice",
+    )
+    add(
+        "--cancel-on-exit",
+        action="store_true",
+        help="on Ctrl-C/SIGTERM, cancel background responses still running "
+        "(default: leave them running; the resume re-attaches)",
+    )
     parser.set_defaults(handler=run)
     return parser
 
@@ -238,6 +253,9 @@ def resume_command(args: argparse.Namespace) -> str:
         parts += [flag, _number(value) if isinstance(value, int | float) else str(value)]
     if args.no_progress:
         parts.append("--no-progress")
+    for flag, on in (("--background", args.background), ("--cancel-on-exit", args.cancel_on_exit)):
+        if on:  # background mode (issue 12)
+            parts.append(flag)
     return shlex.join(parts)
 
 
@@ -256,6 +274,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         timeout_s=args.timeout or DEFAULT_TIMEOUT_S,
         progress=not args.no_progress and sys.stderr.isatty(),
         resume_command=resume_command(args),
+        background=args.background,
+        cancel_on_exit=args.cancel_on_exit,
     )
 
 
@@ -344,6 +364,8 @@ def run_batch(settings: RunSettings, *, api_key: str) -> int:
             retry=RetryPolicy(max_attempts=settings.max_attempts),
             timeout_s=settings.timeout_s,
             progress=settings.progress,
+            background=settings.background,
+            cancel_on_exit=settings.cancel_on_exit,
         )
     except ConfigurationError as exc:
         _say(str(exc))

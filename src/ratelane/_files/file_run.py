@@ -49,6 +49,7 @@ from .input import (
 )
 from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
+from .pending import attach_background
 from .progress import Progress
 from .validated import Fingerprint, load_report, save_report
 
@@ -130,6 +131,10 @@ class FileRunOptions:
     prices: Mapping[str, Price] | None = None
     progress: bool = False
     fsync_interval_s: float = FSYNC_INTERVAL_S
+    #: Background mode (issue 12): every line sent with "background": true and polled;
+    #: ids journaled in <OUTPUT>.pending.jsonl. cancel_on_exit: cancel them on stop().
+    background: bool = False
+    cancel_on_exit: bool = False
 
     def __post_init__(self) -> None:
         if self.model is not None and not (isinstance(self.model, str) and self.model):
@@ -205,6 +210,16 @@ class _EngineRun:
 
     def stop(self) -> None:
         self._run.stop()
+
+    def attach_background(self, output_path: Path, done: DoneSet, options: FileRunOptions) -> Any:
+        """Background mode (issue 12): the journal and poller; see pending.py."""
+        return attach_background(
+            self._run,
+            output_path,
+            done,
+            enabled=options.background,
+            cancel_on_exit=options.cancel_on_exit,
+        )
 
     @property
     def stats(self) -> RunStats:
@@ -572,6 +587,7 @@ class FileRun:
     ) -> tuple[RunStats, tuple[str, str] | None]:
         engine_run = _EngineRun(client)
         self._engine_run = engine_run
+        journal = engine_run.attach_background(self.output_path, done, self.options)  # issue 12
         prefix = self._prefix if self._prefix is not None else DonePrefix()
         bar = self._progress_bar(max(0, report.lines - known_done))
         feed = _Feed(
@@ -612,6 +628,7 @@ class FileRun:
                 task.cancel()
                 await asyncio.wait({task})
             bar.close()
+            journal.close()  # background mode (issue 12)
         fatal: tuple[str, str] | None = None
         if not task.cancelled():
             exc = task.exception()
@@ -699,6 +716,8 @@ async def arun_file(
     prices: Mapping[str, Price] | None = None,
     progress: bool = True,
     fsync_interval_s: float = FSYNC_INTERVAL_S,
+    background: bool = False,
+    cancel_on_exit: bool = False,
 ) -> FileRunSummary:
     """Send every request of the Batch-format file ``input``; successes go to ``output``.
 
@@ -723,6 +742,8 @@ async def arun_file(
         prices=prices,
         progress=progress,
         fsync_interval_s=fsync_interval_s,
+        background=background,
+        cancel_on_exit=cancel_on_exit,
     )
     return await FileRun(input, output, errors=errors, options=options).run()
 
