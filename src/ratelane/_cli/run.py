@@ -41,6 +41,7 @@ from ratelane._files.file_run import (
     FileRunOptions,
     FileRunSummary,
     InvalidInputError,
+    check_chains,
     check_input,
     check_paths,
     default_errors_path,
@@ -306,6 +307,8 @@ def _dry_run(settings: RunSettings) -> int:
     try:
         check_paths(settings.input_path, settings.output_path, settings.errors_path)
         report = check_input(settings.input_path)
+        if report.lines:
+            check_chains(settings.input_path)  # chains (issue 12): exit 2 like any bad line
     except ConfigurationError as exc:
         _say(str(exc))
         return EXIT_USAGE

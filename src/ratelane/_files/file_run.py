@@ -27,7 +27,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -37,9 +37,11 @@ from ratelane._core.batch_line import line_problems
 from ratelane._core.config import Price, RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
+from ratelane._engine.chains import ChainScheduler
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
+from .chains import ChainGraph, ChainInputError, load_chains, parent_ids
 from .checkpoint import DoneSet, OutputLock, ResultWriter
 from .input import (
     _BOM,
@@ -60,6 +62,7 @@ __all__ = [
     "FileRunSummary",
     "InvalidInputError",
     "arun_file",
+    "check_chains",
     "check_input",
     "check_paths",
     "default_errors_path",
@@ -204,7 +207,9 @@ class _EngineRun:
         self._run = self._engine.new_run(max_concurrency=client.max_concurrency)
 
     async def drive(
-        self, requests: Iterator[tuple[int, Request]], sink: Callable[[Result], Any]
+        self,
+        requests: Iterator[tuple[int, Request]] | AsyncIterator[tuple[int, Request]],
+        sink: Callable[[Result], Any],
     ) -> RunStats:
         return await self._run.drive(requests, sink)
 
@@ -393,6 +398,14 @@ def check_input(
     return report
 
 
+def check_chains(path: Path) -> ChainGraph | None:
+    """INPUT's chains (issue 12), or :class:`InvalidInputError` listing their problems."""
+    try:
+        return load_chains(path)
+    except ChainInputError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
 def empty_input(path: Path) -> InvalidInputError:
     return InvalidInputError(
         f"INPUT holds no requests: {path} is empty or has only blank lines. "
@@ -437,6 +450,8 @@ class FileRun:
         self._bar: Any = None
         self._prefix: DonePrefix | None = None
         self._marker: MarkerFile | None = None
+        self._chains: ChainGraph | None = None  # chains (issue 12)
+        self._scheduler: ChainScheduler | None = None
 
     # -- control, callable from a signal handler or another task ------------------
     def stop(self) -> None:
@@ -444,6 +459,8 @@ class FileRun:
         self._stop_requested = True
         if self._feed is not None:
             self._feed.stopped = True
+        if self._scheduler is not None:  # chains (issue 12): wake a worker waiting on a parent
+            self._scheduler.wake()
         if self._engine_run is not None:
             self._engine_run.stop()
 
@@ -559,6 +576,7 @@ class FileRun:
         report, revalidated, fingerprint = await asyncio.to_thread(self._validated)
         if report.lines == 0:
             raise empty_input(self.input_path)
+        self._chains = await asyncio.to_thread(check_chains, self.input_path)  # issue 12
         with (
             OutputLock(self.output_path),
             ResultWriter(
@@ -619,7 +637,18 @@ class FileRun:
                 on_result(result)
             tick()
 
-        task = asyncio.ensure_future(engine_run.drive(feed, sink))
+        source: Iterator[tuple[int, Request]] | AsyncIterator[tuple[int, Request]] = feed
+        sink_of_run: Callable[[Result], Awaitable[None]] = sink
+        if self._chains is not None:  # chains (issue 12): children after their parents
+            known = await asyncio.to_thread(parent_ids, self.output_path, self._chains.parents)
+            scheduler = self._scheduler = ChainScheduler(
+                self._chains.parent_of,
+                response_ids=known,
+                stats=engine_run.stats,
+                stopping=lambda: self._stop_requested or engine_run.fatal is not None,
+            )
+            source, sink_of_run = scheduler.requests(feed), scheduler.sink(sink)
+        task = asyncio.ensure_future(engine_run.drive(source, sink_of_run))
         self._task = task
         try:
             await asyncio.wait({task})
