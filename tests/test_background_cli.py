@@ -48,11 +48,11 @@ def test_sigkill_during_background_run_then_resume_creates_each_line_once(
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.pending.jsonl"
     ids = write_input(source, 60)
-    # Each response runs 1.5 s on the server: the kill lands while all of them run.
+    # Each response runs 1 s on the server: the kill lands while all of them run.
     fake = FakeOpenAI(
         api_key=KEY,
         latency=Latency(0.002, sigma=0.0),
-        background=Background(queued_s=0.1, in_progress_s=1.4),
+        background=Background(queued_s=0.1, in_progress_s=0.9),
     )
     with fake.run_in_thread() as server:
         env = cli_env(server)

@@ -12,7 +12,8 @@ With ``background: true`` the create returns at once with ``status: "queued"``
   [0, 1): about 1 s after the create, then 1.5 s, 2.25 s ... up to 10 s. Every
   wait is at least ``first_s * (1 - jitter)`` (0.8 s) and the waits grow, so a
   response that lives ``T`` seconds costs at most ``3 + T`` polls
-  (:func:`poll_delay`, checked by a test over many lives).
+  (:func:`poll_delay`, checked by a test over many lives). A response
+  re-attached on resume (created by an earlier run) is polled at once first.
 - **Polls spend the budget.** Each poll is admitted by the rate governor like
   any request (one request, no tokens) and its rate-limit headers are
   learned. A poll answered 429/5xx or not at all is simply polled again later.
@@ -199,7 +200,7 @@ class Background:
     async def reattach(self, run: Run, state: _State, response_id: str) -> Decision:
         """Follow a response created by an earlier run (never create it again)."""
         logger.debug("re-attaching custom_id=%s to %s", state.request.custom_id, response_id)
-        return await self._follow(run, state, response_id)
+        return await self._follow(run, state, response_id, waited=True)
 
     async def settle(self, run: Run, state: _State, decision: Decision) -> Decision:
         """A create's answer; when it is a running background response, its end."""
@@ -226,7 +227,10 @@ class Background:
             self.wire = cast("Wire", wire)
         return self.wire
 
-    async def _follow(self, run: Run, state: _State, response_id: str) -> Decision:
+    async def _follow(
+        self, run: Run, state: _State, response_id: str, *, waited: bool = False
+    ) -> Decision:
+        """Poll ``response_id`` to its end; ``waited``: it was created long ago, poll at once."""
         from .run import NotSent  # a sibling's name, at call time: run.py imports this module
 
         self.responses += 1
@@ -236,7 +240,8 @@ class Background:
         path = f"/v1/responses/{response_id}"
         k = 0
         while True:
-            if await self._wait(poll_delay(self.policy, k, self.rng.random())):
+            delay = 0.0 if waited and k == 0 else poll_delay(self.policy, k, self.rng.random())
+            if await self._wait(delay):
                 await self._leave(run, state, response_id)
                 raise NotSent
             k += 1
@@ -297,8 +302,8 @@ class Background:
 
     async def _wait(self, delay_s: float) -> bool:
         """Sleep ``delay_s``; ``True`` when the run stopped meanwhile."""
-        if self._stopped.is_set():
-            return True
+        if self._stopped.is_set() or delay_s <= 0:
+            return self._stopped.is_set()
         try:
             await asyncio.wait_for(self._stopped.wait(), delay_s)
         except TimeoutError:
