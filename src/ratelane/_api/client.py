@@ -16,11 +16,13 @@ from ratelane._core.errors import APIError, ConfigurationError, FatalError
 from ratelane._core.items import to_request
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.chains import previous_id
 from ratelane._engine.engine import Engine, NotSent, SleepFn
 from ratelane._http.transport import Transport
 from ratelane._http.wire import DEFAULT_BASE_URL, mask_key
 from ratelane._limits.governor import RateGovernor
 
+from .background import BackgroundOption
 from .feed import Items, run_items
 from .options import RunOptions, check_body_fields, run_options
 
@@ -82,6 +84,8 @@ class Client:
         prices: Mapping[str, Price] | None = None,
         sleep: SleepFn = asyncio.sleep,
         jitter_seed: int | None = None,
+        background: bool = False,
+        journal: str | os.PathLike[str] | None = None,
         **body: Unpack[BodyFields],
     ) -> None:
         self._options = RunOptions(
@@ -91,6 +95,8 @@ class Client:
             progress=progress,
             extra_body=extra_body,
             body=check_body_fields("Client", body),
+            background=background,
+            journal=journal,
         )
         self._options.body_defaults()  # an unknown profile fails here, not per call
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -160,12 +166,24 @@ class Client:
             raise RuntimeError("use the Client inside 'async with Client(...) as client:'")
         return self._engine
 
-    async def create(self, body: Mapping[str, Any], *, path: str = "/v1/responses") -> Result:
+    async def create(
+        self,
+        body: Mapping[str, Any],
+        *,
+        path: str = "/v1/responses",
+        previous: Result | str | None = None,
+    ) -> Result:
         """Send one request (with retries) and return its Result; raise APIError on failure.
 
         The Client's run options (``model=``, body fields, ``extra_body``) fill
-        what ``body`` leaves out.
+        what ``body`` leaves out. ``previous``: a Result (or response id) this
+        request continues (``previous_response_id``). With ``background=True``
+        on the Client, the response is polled to its end.
         """
+        if previous is not None:  # chains (issue 12)
+            body = {**body, "previous_response_id": previous_id(previous)}
+        if self._options.background:  # background mode (issue 12)
+            body = {**body, "background": True}
         request = to_request(Request(body, "", path), 0, self._options.body_defaults())
         try:
             result = await self.engine.execute(0, request)
@@ -193,6 +211,8 @@ class Client:
         profile: str | Profile | None = None,
         progress: bool | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        background: bool | None = None,
+        journal: str | os.PathLike[str] | None = None,
         **body: Unpack[BodyFields],
     ) -> AsyncIterator[Result]:
         """Yield Results as they complete (not in input order; see ``Result.index``).
@@ -224,6 +244,7 @@ class Client:
                     sink,
                     max_concurrency=self.max_concurrency,
                     fatal_streak=self.retry.fatal_streak,
+                    background=BackgroundOption.of(options),
                 )
             except BaseException as exc:  # handed to the consumer, re-raised there
                 await queue.put(exc)
@@ -254,6 +275,8 @@ class Client:
         profile: str | Profile | None = None,
         progress: bool | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        background: bool | None = None,
+        journal: str | os.PathLike[str] | None = None,
         **body: Unpack[BodyFields],
     ) -> Results:
         """Send every item; return Results in input order with ``.stats``.
@@ -278,6 +301,7 @@ class Client:
                     sink,
                     max_concurrency=self.max_concurrency,
                     fatal_streak=self.retry.fatal_streak,
+                    background=BackgroundOption.of(options),
                 )
             except FatalError as exc:
                 count = max(collected, default=-1) + 1

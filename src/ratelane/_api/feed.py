@@ -28,6 +28,8 @@ from ratelane._core.items import NO_MODEL_MESSAGE, BodyDefaults, to_request
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats
 from ratelane._engine.engine import Engine
 
+from .background import BackgroundOption
+
 __all__ = ["Items", "Sink", "run_items"]
 
 Items = Iterable[Any] | AsyncIterable[Any]
@@ -41,13 +43,21 @@ async def _drive(
     requests: Iterator[_Numbered] | AsyncIterator[_Numbered],
     sink: Sink,
     max_concurrency: int,
+    background: BackgroundOption | None = None,
 ) -> RunStats:
     """The engine call of every run ``_api`` makes, in one place.
 
     (``Client`` also builds the Engine and sends ``Client.create`` through
     ``Engine.execute``.)
     """
-    return await engine.new_run(max_concurrency=max_concurrency).drive(requests, sink)
+    run = engine.new_run(max_concurrency=max_concurrency)
+    if background is None:
+        return await run.drive(requests, sink)
+    close = background.attach(run)  # background mode (issue 12)
+    try:
+        return await run.drive(requests, sink)
+    finally:
+        close()
 
 
 class _Reader:
@@ -169,6 +179,7 @@ async def run_items(
     *,
     max_concurrency: int,
     fatal_streak: int,
+    background: BackgroundOption | None = None,
 ) -> RunStats:
     """Send every item, handing each Result (invalid items' included) to ``sink``.
 
@@ -185,7 +196,7 @@ async def run_items(
         await sink(result)
 
     try:
-        stats = await _drive(engine, requests, deliver, max_concurrency)
+        stats = await _drive(engine, requests, deliver, max_concurrency, background)
     except FatalError as exc:
         while pending:
             await sink(pending.popleft())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,8 @@ def run_many(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    background: bool = False,
+    journal: str | os.PathLike[str] | None = None,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Blocking form of arun_many, for scripts and notebooks.
@@ -84,6 +87,8 @@ async def arun_many(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    background: bool = False,
+    journal: str | os.PathLike[str] | None = None,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Send every item from async code; Results in input order, with ``.stats``.
@@ -117,6 +122,8 @@ def iter_results(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    background: bool = False,
+    journal: str | os.PathLike[str] | None = None,
     **body: Unpack[BodyFields],
 ) -> AsyncIterator[Result]:
     """Like arun_many, but yield each Result as soon as it completes (``async for``)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -66,6 +67,10 @@ class RunOptions:
     progress: bool | None = None
     extra_body: Mapping[str, Any] | None = None
     body: Mapping[str, Any] = field(default_factory=dict)
+    #: Background mode (issue 12): send with "background": true and poll each response;
+    #: ``journal``: a pending-journal path, so a crashed call re-attaches (see background.py).
+    background: bool | None = None
+    journal: str | os.PathLike[str] | None = None
 
     def over(self, base: RunOptions) -> RunOptions:
         """These options with every unset one taken from ``base`` (bodies merged)."""
@@ -76,6 +81,8 @@ class RunOptions:
             progress=self.progress if self.progress is not None else base.progress,
             extra_body={**(base.extra_body or {}), **(self.extra_body or {})},
             body={**base.body, **self.body},
+            background=self.background if self.background is not None else base.background,
+            journal=self.journal if self.journal is not None else base.journal,
         )
 
     def body_defaults(self) -> BodyDefaults:
@@ -148,7 +155,7 @@ def run_options(where: str, arguments: Mapping[str, Any]) -> RunOptions:
 class BodyFields(TypedDict, total=False):
     """Body-field keywords, for type checkers (``**body: Unpack[BodyFields]``).
 
-    The keys are ``KNOWN_BODY_FIELDS`` minus the explicit options (``model``,
+    The keys are ``KNOWN_BODY_FIELDS`` minus the explicit options (``model``, ``background``,
     ``instructions``); a test keeps the two in step.
     """
 
@@ -171,7 +178,6 @@ class BodyFields(TypedDict, total=False):
     max_output_tokens: int
     previous_response_id: str
     conversation: Any
-    background: bool
     max_tool_calls: int
     text: Mapping[str, Any]
     include: list[str]

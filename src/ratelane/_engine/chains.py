@@ -28,9 +28,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from ratelane._core.errors import ConfigurationError
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats
 
-__all__ = ["PARENT_FAILED", "ChainScheduler", "continued", "response_id_of"]
+__all__ = ["PARENT_FAILED", "ChainScheduler", "continued", "previous_id", "response_id_of"]
 
 PARENT_FAILED = "parent_failed"
 
@@ -186,6 +187,20 @@ class ChainScheduler:
             self._failed[request.custom_id] = PARENT_FAILED
             for child in self._waiting.pop(request.custom_id, ()):
                 await self._fail_unsent(child, request.custom_id, PARENT_FAILED)
+
+
+def previous_id(previous: Result | str) -> str:
+    """The response id a follow-up continues: a Result's body ``id``, or the id itself."""
+    if isinstance(previous, str):
+        response_id: str | None = previous or None
+    else:
+        response_id = response_id_of(previous.body) if previous.ok else None
+    if response_id is None:
+        raise ConfigurationError(
+            f"previous={previous!r} has no response id to continue. HINT: pass a successful "
+            "Result of /v1/responses (or its id, 'resp_...')"
+        )
+    return response_id
 
 
 def response_id_of(body: Any) -> str | None:
