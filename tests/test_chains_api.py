@@ -86,3 +86,14 @@ def test_run_many_background_polls_and_journals(tmp_path: Path) -> None:
     created = {line["custom_id"]: line["id"] for line in lines if line["id"]}
     assert created == {f"request-{i}": results[i].body["id"] for i in range(3)}
     assert lines[-1] == {"custom_id": "request-2", "id": None}  # the failed one, forgotten
+
+
+def test_run_many_refuses_a_chained_item_instead_of_sending_it_unchained() -> None:
+    item = {"custom_id": "b", "previous_custom_id": "a", "body": {"input": "x"}}
+    with FakeOpenAI(latency=Latency(0.0)).run_in_thread() as server:
+        (result,) = ratelane.run_many(
+            [item], model=MODEL, api_key=server.api_key, base_url=server.base_url
+        )
+        assert server.ledger.total == 0
+    assert not result.ok and result.error is not None
+    assert "run_conversations" in result.error.message
