@@ -363,3 +363,34 @@ def test_journal_compacts_and_survives_a_torn_line(tmp_path: Path) -> None:
     journal.record("e", "resp_e")
     journal.close()
     assert PendingJournal(path).open().pending("e") == "resp_e"
+
+
+def test_a_chain_of_background_responses_waits_for_each_parent_to_complete() -> None:
+    from ratelane._engine.chains import ChainScheduler
+
+    async def scenario() -> None:
+        wire = LifeWire(4.0)
+        transport = _creates(wire)
+        run_ = _engine(transport).new_run(max_concurrency=16)
+        run_.background = Background(enabled=True, wire=wire, rng=random.Random(4))
+        lines = [(f"c{c}-t{t}", f"c{c}-t{t - 1}" if t else None) for t in (2, 1, 0)
+                 for c in range(10)]  # fmt: skip
+        parent_of = {child: parent for child, parent in lines if parent is not None}
+        scheduler = ChainScheduler(parent_of, stats=run_.stats, stopping=lambda: run_.stopping)
+        results: dict[str, Result] = {}
+
+        async def sink(result: Result) -> None:
+            results[result.custom_id] = result
+
+        items = iter([(i, Request({"model": "m", "input": "x"}, cid))
+                      for i, (cid, _) in enumerate(lines)])  # fmt: skip
+        await run_.drive(scheduler.requests(items), scheduler.sink(sink))
+        assert len(results) == 30 and all(result.ok for result in results.values())
+        sent = {call.body.get("previous_response_id"): call.time_s for call in transport.calls}
+        for child, parent in parent_of.items():
+            parent_id = results[parent].body["id"]
+            # sent with the parent's id, after the parent's background response completed
+            assert results[child].body["id"] != parent_id
+            assert sent[parent_id] >= wire.created[parent_id] + 4.0
+
+    run(scenario())

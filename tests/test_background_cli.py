@@ -7,13 +7,17 @@ once (the server's ledger), its id re-attached from ``OUTPUT.pending.jsonl``.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from _inprocess_cli import InProcessCli
+from ratelane import ExitReason, FileRun, FileRunOptions
+from ratelane._state.pending import PendingJournal, pending_path
 from ratelane.testing import Background, FakeOpenAI, Latency
 from test_cli_resume import (
     KEY,
@@ -75,3 +79,37 @@ def test_sigkill_during_background_run_then_resume_creates_each_line_once(
             assert body["status"] == "completed" and body["output"]
             assert body["id"] == journaled[line["custom_id"]]  # the very response created
         assert polls(server) <= len(ids) * (3 + 3)  # at most 3 + 1 per second of life
+
+
+@pytest.mark.parametrize("cancel_on_exit", [False, True])
+async def test_stop_leaves_responses_running_or_cancels_them(
+    tmp_path: Path, cancel_on_exit: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_input(source, 8)
+    async with FakeOpenAI(
+        api_key=KEY, latency=Latency(0.0), background=Background(queued_s=0.0, in_progress_s=60)
+    ) as server:
+        options = FileRunOptions(api_key=KEY, base_url=server.base_url, background=True,
+                                 cancel_on_exit=cancel_on_exit)  # fmt: skip
+        file_run = FileRun(source, output, options=options)
+        all_created = asyncio.Event()
+        record = PendingJournal.record
+
+        def recorded(journal: PendingJournal, custom_id: str, response_id: str) -> None:
+            record(journal, custom_id, response_id)
+            if len(journal) == len(ids):
+                all_created.set()
+
+        monkeypatch.setattr(PendingJournal, "record", recorded)
+        task = asyncio.ensure_future(file_run.run())
+        await asyncio.wait_for(all_created.wait(), 5)
+        file_run.stop()
+        summary = await asyncio.wait_for(task, 5)
+        assert summary.reason is ExitReason.STOPPED and summary.not_sent == len(ids)
+        kept = PendingJournal(pending_path(output)).open()
+        cancels = [entry for entry in server.ledger.entries if entry.path.endswith("/cancel")]
+        if cancel_on_exit:
+            assert len(cancels) == len(ids) and len(kept) == 0  # created again on resume
+        else:
+            assert cancels == [] and len(kept) == len(ids)  # left running: resume re-attaches

@@ -691,15 +691,15 @@ class FileRun:
         skipped = min(known_done, report.lines)
         if feed is not None and exhausted:
             skipped = report.lines - feed.sent
+        not_sent = max(0, report.lines - skipped - stats.succeeded - stats.failed)
         if fatal is not None:
             reason = ExitReason.FATAL
-        elif not exhausted:
+        elif not exhausted or not_sent:  # not_sent: read, but stopped before an answer
             reason = ExitReason.STOPPED
         elif stats.failed:
             reason = ExitReason.SOME_FAILED
         else:
             reason = ExitReason.COMPLETED
-        not_sent = max(0, report.lines - skipped - stats.succeeded - stats.failed)
         return FileRunSummary(
             reason=reason,
             input_path=self.input_path,
