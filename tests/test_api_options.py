@@ -41,10 +41,11 @@ def test_every_module_entry_point_takes_the_same_options_with_the_same_defaults(
     assert reference["**"] == ("body", "Unpack[BodyFields]")  # typed, not **options: Any
     for cls in (ClientOptions, RunOptions):
         for field in dataclasses.fields(cls):
-            if field.name in reference and field.name not in ("progress", "stream"):
+            if field.name in reference and field.name not in ("progress", "stream", "background"):
                 assert reference[field.name] == field.default, field.name
     assert reference["progress"] is False
     assert reference["stream"] is False  # Streaming (issue 12); None on Client methods
+    assert reference["background"] is False
 
 
 def test_client_methods_take_the_run_options_defaulting_to_the_clients() -> None:
@@ -56,8 +57,8 @@ def test_client_methods_take_the_run_options_defaulting_to_the_clients() -> None
 
 
 def test_the_typed_body_fields_are_the_table_of_known_fields() -> None:
-    explicit = {"model", "instructions", "stream"}  # named options, not body defaults
-    assert set(BodyFields.__annotations__) == KNOWN_BODY_FIELDS - explicit
+    named = {"model", "instructions", "stream", "background"}  # named options, not body defaults
+    assert set(BodyFields.__annotations__) == KNOWN_BODY_FIELDS - named
     # The table agrees with the fake server's model of the API, endpoint by endpoint.
     for path, fields in BODY_FIELDS.items():
         assert fields == set(ALLOWED_FIELDS[path]), path

@@ -11,6 +11,7 @@ Public API (everything else is private)::
 """
 
 from ._api.client import Client, Results
+from ._api.conversations import arun_conversations, run_conversations
 from ._api.functions import arun_many, iter_results, run_many, stream
 from ._core.config import PROFILES, Price, Profile, RetryPolicy
 from ._core.durations import format_duration, parse_duration
@@ -66,6 +67,7 @@ __all__ = [
     "TransportError",
     "Usage",
     "__version__",
+    "arun_conversations",
     "arun_file",
     "arun_many",
     "asubmit_batch",
@@ -73,6 +75,7 @@ __all__ = [
     "format_duration",
     "iter_results",
     "parse_duration",
+    "run_conversations",
     "run_file",
     "run_many",
     "stream",

@@ -16,11 +16,13 @@ from ratelane._core.errors import ConfigurationError, FatalError
 from ratelane._core.items import to_request
 from ratelane._core.models import Request, Result, RunStats
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.chains import previous_id
 from ratelane._engine.engine import Engine, NotSent, SleepFn
 from ratelane._http.transport import Transport
 from ratelane._http.wire import DEFAULT_BASE_URL, mask_key
 from ratelane._limits.governor import RateGovernor
 
+from .background import BackgroundOption
 from .feed import Items, run_items
 from .options import RunOptions, check_body_fields, run_options
 from .streaming import api_error, stream_events
@@ -84,6 +86,8 @@ class Client:
         sleep: SleepFn = asyncio.sleep,
         jitter_seed: int | None = None,
         stream: bool = False,
+        background: bool = False,
+        journal: str | os.PathLike[str] | None = None,
         **body: Unpack[BodyFields],
     ) -> None:
         self._options = RunOptions(
@@ -94,6 +98,8 @@ class Client:
             extra_body=extra_body,
             body=check_body_fields("Client", body),
             stream=stream,
+            background=background,
+            journal=journal,
         )
         self._options.body_defaults()  # an unknown profile fails here, not per call
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -163,12 +169,24 @@ class Client:
             raise RuntimeError("use the Client inside 'async with Client(...) as client:'")
         return self._engine
 
-    async def create(self, body: Mapping[str, Any], *, path: str = "/v1/responses") -> Result:
+    async def create(
+        self,
+        body: Mapping[str, Any],
+        *,
+        path: str = "/v1/responses",
+        previous: Result | str | None = None,
+    ) -> Result:
         """Send one request (with retries) and return its Result; raise APIError on failure.
 
         The Client's run options (``model=``, body fields, ``extra_body``) fill
-        what ``body`` leaves out.
+        what ``body`` leaves out. ``previous``: a Result (or response id) this
+        request continues (``previous_response_id``). With ``background=True``
+        on the Client, the response is polled to its end.
         """
+        if previous is not None:  # chains (issue 12)
+            body = {**body, "previous_response_id": previous_id(previous)}
+        if self._options.background:  # background mode (issue 12)
+            body = {**body, "background": True}
         request = to_request(Request(body, "", path), 0, self._options.body_defaults())
         try:
             result = await self.engine.execute(0, request)
@@ -201,6 +219,8 @@ class Client:
         progress: bool | None = None,
         extra_body: Mapping[str, Any] | None = None,
         stream: bool | None = None,
+        background: bool | None = None,
+        journal: str | os.PathLike[str] | None = None,
         **body: Unpack[BodyFields],
     ) -> AsyncIterator[Result]:
         """Yield Results as they complete (not in input order; see ``Result.index``).
@@ -233,6 +253,7 @@ class Client:
                     max_concurrency=self.max_concurrency,
                     fatal_streak=self.retry.fatal_streak,
                     stream=bool(options.stream),  # Streaming (issue 12)
+                    background=BackgroundOption.of(options),
                 )
             except BaseException as exc:  # handed to the consumer, re-raised there
                 await queue.put(exc)
@@ -264,6 +285,8 @@ class Client:
         progress: bool | None = None,
         extra_body: Mapping[str, Any] | None = None,
         stream: bool | None = None,
+        background: bool | None = None,
+        journal: str | os.PathLike[str] | None = None,
         **body: Unpack[BodyFields],
     ) -> Results:
         """Send every item; return Results in input order with ``.stats``.
@@ -289,6 +312,7 @@ class Client:
                     max_concurrency=self.max_concurrency,
                     fatal_streak=self.retry.fatal_streak,
                     stream=bool(options.stream),  # Streaming (issue 12)
+                    background=BackgroundOption.of(options),
                 )
             except FatalError as exc:
                 count = max(collected, default=-1) + 1

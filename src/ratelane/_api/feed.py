@@ -28,6 +28,8 @@ from ratelane._core.items import NO_MODEL_MESSAGE, BodyDefaults, to_request
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats
 from ratelane._engine.engine import Engine
 
+from .background import BackgroundOption
+
 __all__ = ["Items", "Sink", "run_items"]
 
 Items = Iterable[Any] | AsyncIterable[Any]
@@ -42,6 +44,7 @@ async def _drive(
     sink: Sink,
     max_concurrency: int,
     stream: bool = False,
+    background: BackgroundOption | None = None,
 ) -> RunStats:
     """The engine call of every run ``_api`` makes, in one place.
 
@@ -49,7 +52,13 @@ async def _drive(
     ``Engine.execute``.)
     """
     run = engine.new_run(max_concurrency=max_concurrency, stream=stream)
-    return await run.drive(requests, sink)
+    if background is None:
+        return await run.drive(requests, sink)
+    close = background.attach(run)  # background mode (issue 12)
+    try:
+        return await run.drive(requests, sink)
+    finally:
+        close()
 
 
 class _Reader:
@@ -172,6 +181,7 @@ async def run_items(
     max_concurrency: int,
     fatal_streak: int,
     stream: bool = False,
+    background: BackgroundOption | None = None,
 ) -> RunStats:
     """Send every item, handing each Result (invalid items' included) to ``sink``.
 
@@ -189,7 +199,7 @@ async def run_items(
         await sink(result)
 
     try:
-        stats = await _drive(engine, requests, deliver, max_concurrency, stream)
+        stats = await _drive(engine, requests, deliver, max_concurrency, stream, background)
     except FatalError as exc:
         while pending:
             await sink(pending.popleft())

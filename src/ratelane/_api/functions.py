@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,8 @@ def run_many(
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
     stream: bool = False,
+    background: bool = False,
+    journal: str | os.PathLike[str] | None = None,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Blocking form of arun_many, for scripts and notebooks.
@@ -87,6 +90,8 @@ async def arun_many(
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
     stream: bool = False,
+    background: bool = False,
+    journal: str | os.PathLike[str] | None = None,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Send every item from async code; Results in input order, with ``.stats``.
@@ -122,6 +127,8 @@ def iter_results(
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
     stream: bool = False,
+    background: bool = False,
+    journal: str | os.PathLike[str] | None = None,
     **body: Unpack[BodyFields],
 ) -> AsyncIterator[Result]:
     """Like arun_many, but yield each Result as soon as it completes (``async for``)."""
@@ -173,7 +180,7 @@ def stream(
     inside Jupyter too; leaving the loop early cancels it. Keywords are
     checked at the call, as everywhere.
     """
-    arguments = {**locals(), "body": fields, "stream": False}
+    arguments = {**locals(), "body": fields, "stream": False, "background": False, "journal": None}
     client = Client(**client_arguments("stream", arguments))
     request = body
 

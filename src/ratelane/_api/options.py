@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -68,6 +69,10 @@ class RunOptions:
     body: Mapping[str, Any] = field(default_factory=dict)
     # Streaming (issue 12): stream each request (a ratelane option, not a body default).
     stream: bool | None = None
+    #: Background mode (issue 12): send with "background": true and poll each response;
+    #: ``journal``: a pending-journal path, so a crashed call re-attaches (see background.py).
+    background: bool | None = None
+    journal: str | os.PathLike[str] | None = None
 
     def over(self, base: RunOptions) -> RunOptions:
         """These options with every unset one taken from ``base`` (bodies merged)."""
@@ -79,6 +84,8 @@ class RunOptions:
             extra_body={**(base.extra_body or {}), **(self.extra_body or {})},
             body={**base.body, **self.body},
             stream=self.stream if self.stream is not None else base.stream,
+            background=self.background if self.background is not None else base.background,
+            journal=self.journal if self.journal is not None else base.journal,
         )
 
     def body_defaults(self) -> BodyDefaults:
@@ -152,7 +159,7 @@ class BodyFields(TypedDict, total=False):
     """Body-field keywords, for type checkers (``**body: Unpack[BodyFields]``).
 
     The keys are ``KNOWN_BODY_FIELDS`` minus the explicit options (``model``,
-    ``instructions``, ``stream``); a test keeps the two in step.
+    ``instructions``, ``stream``, ``background``); a test keeps the two in step.
     """
 
     input: Any
@@ -173,7 +180,6 @@ class BodyFields(TypedDict, total=False):
     max_output_tokens: int
     previous_response_id: str
     conversation: Any
-    background: bool
     max_tool_calls: int
     text: Mapping[str, Any]
     include: list[str]

@@ -42,6 +42,7 @@ from ratelane._files.file_run import (
     FileRunOptions,
     FileRunSummary,
     InvalidInputError,
+    check_chains,
     check_input,
     check_paths,
     default_errors_path,
@@ -127,6 +128,8 @@ class RunSettings:
     # Batch API mode (issue 11): --via batch and its flags (batch_flags.py).
     via: Literal["realtime", "batch"] = "realtime"
     batch: BatchRunOptions | None = None
+    background: bool = False  # background mode (issue 12)
+    cancel_on_exit: bool = False
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -210,6 +213,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="validate INPUT, count lines and estimated tokens; send nothing",
     )
     add_batch_flags(parser)  # Batch API mode (issue 11)
+    # Background mode (issue 12)
+    add(
+        "--background",
+        action="store_true",
+        help="send every line with background: true and poll it to the end; the response "
+        "ids go to OUTPUT.pending.jsonl first, so a resume re-attaches instead of paying twice",
+    )
+    add(
+        "--cancel-on-exit",
+        action="store_true",
+        help="on Ctrl-C/SIGTERM, cancel background responses still running "
+        "(default: leave them running; the resume re-attaches)",
+    )
     parser.set_defaults(handler=run)
     return parser
 
@@ -245,6 +261,9 @@ def resume_command(args: argparse.Namespace) -> str:
     if args.no_progress:
         parts.append("--no-progress")
     parts += batch_flag_words(args)  # Batch API mode (issue 11)
+    for flag, on in (("--background", args.background), ("--cancel-on-exit", args.cancel_on_exit)):
+        if on:  # background mode (issue 12)
+            parts.append(flag)
     return shlex.join(parts)
 
 
@@ -264,6 +283,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         progress=not args.no_progress and sys.stderr.isatty(),
         resume_command=resume_command(args),
         **batch_settings(args),  # Batch API mode (issue 11)
+        background=args.background,
+        cancel_on_exit=args.cancel_on_exit,
     )
 
 
@@ -294,6 +315,8 @@ def _dry_run(settings: RunSettings) -> int:
     try:
         check_paths(settings.input_path, settings.output_path, settings.errors_path)
         report = check_input(settings.input_path)
+        if report.lines:
+            check_chains(settings.input_path)  # chains (issue 12): exit 2 like any bad line
     except ConfigurationError as exc:
         _say(str(exc))
         return EXIT_USAGE
@@ -354,6 +377,8 @@ def run_batch(settings: RunSettings, *, api_key: str) -> int:
             progress=settings.progress,
             via=settings.via,  # Batch API mode (issue 11)
             batch=settings.batch,
+            background=settings.background,
+            cancel_on_exit=settings.cancel_on_exit,
         )
     except ConfigurationError as exc:
         _say(str(exc))

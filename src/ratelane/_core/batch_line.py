@@ -111,6 +111,16 @@ def line_problems(obj: Any, number: int) -> list[str]:
             f'"custom_id" is empty; give every line a unique non-empty string, '
             f'e.g. "request-{number}"'
         )
+    previous = obj.get("previous_custom_id")  # chains (issue 12)
+    if previous is not None and not (isinstance(previous, str) and previous):
+        problems.append(
+            f'"previous_custom_id" must be the non-empty custom_id of the line this one '
+            f"continues, got {json_type(previous)} {show(previous)}"
+        )
+    elif previous is not None and previous == custom_id:
+        problems.append(
+            f'"previous_custom_id" names the line itself ("{previous}"); name its parent line'
+        )
     method = obj.get("method")
     if method != "POST":
         if method is None:

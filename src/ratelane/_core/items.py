@@ -162,5 +162,12 @@ def to_request(item: Any, index: int, defaults: BodyDefaults) -> Request:
             "HINT: pass prompt strings, body dicts, Batch-format dicts or ratelane.Request objects",
             index=index,
         )
+    if line.get("previous_custom_id") is not None:  # chains (issue 12)
+        raise InputError(
+            '"previous_custom_id" chains lines of a file; run_many sends items independently. '
+            "HINT: use ratelane.run_file for a file with chains, run_conversations for turns, "
+            "or Client.create(..., previous=result) for one follow-up",
+            index=index,
+        )
     request = parse_line(line, index=index)
     return Request(defaults.apply(request.body, request.path), request.custom_id, request.path)

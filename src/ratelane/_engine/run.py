@@ -26,6 +26,7 @@ from ratelane._core.errors import ConfigurationError, FatalError, TransportError
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
 from ratelane._http.wire import read_rate_limit_headers
 
+from .background import Background, Journal, store_false_refusal
 from .retry import (
     Decision,
     Verdict,
@@ -89,6 +90,10 @@ class Run:
         self._fatal: tuple[str, str] | None = None
         self._stopping = False
         self.stream = stream  # Streaming (issue 12): stream every request that can
+        #: Background mode (issue 12): set when the run asks for it, made on first use
+        #: by a body with "background": true otherwise (with ``journal``).
+        self.background: Background | None = None
+        self.journal: Journal | None = None
 
     def __repr__(self) -> str:
         return (
@@ -105,6 +110,8 @@ class Run:
     def stop(self) -> None:
         """Admit nothing new; requests already sent run to completion."""
         self._stopping = True
+        if self.background is not None:  # background mode (issue 12): wake the pollers
+            self.background.stop()
 
     @property
     def stopping(self) -> bool:
@@ -180,6 +187,8 @@ class Run:
                     request,
                     "the body has no model. HINT: pass model=... or put 'model' in the body",
                 )
+            if self.background is not None or state.body.get("background") is True:
+                return await self._background_execute(state)  # background mode (issue 12)
             # Streaming (issue 12): the run's option, a listener, or the body's own "stream": true
             # (sent plainly, its SSE answer would fail as invalid JSON on every attempt).
             if self.stream or events is not None or request.body.get("stream") is True:
@@ -190,20 +199,40 @@ class Run:
             first = await self._attempt(state)
             if not first.retries or self.engine.policy.max_attempts == 1:
                 return self._finish(state, first)
-            # Retrying machinery only for requests that need it: the happy path stays cheap.
-            replay = [first]
-
-            async def attempt_again(state: _State) -> Decision:
-                return replay.pop() if replay else await self._attempt(state)
-
-            engine = self.engine
-            again = retrying(
-                engine.policy, sleep=engine.sleep, rng=engine.rng, stopped=self._is_fatal
-            )
-            last: Decision = await again(attempt_again, state)
-            return self._finish(state, last)
+            return self._finish(state, await self._retry(state, first))
         finally:
             self.in_flight -= 1
+
+    async def _retry(self, state: _State, first: Decision) -> Decision:
+        """The last Decision of a request whose first one asked for a retry."""
+        # Retrying machinery only for requests that need it: the happy path stays cheap.
+        replay = [first]
+
+        async def attempt_again(state: _State) -> Decision:
+            return replay.pop() if replay else await self._attempt(state)
+
+        engine = self.engine
+        again = retrying(engine.policy, sleep=engine.sleep, rng=engine.rng, stopped=self._is_fatal)
+        last: Decision = await again(attempt_again, state)
+        return last
+
+    async def _background_execute(self, state: _State) -> Result:
+        """Background mode (issue 12): re-attach or create, then poll (see background.py)."""
+        background = self.background
+        if background is None:
+            background = self.background = Background(journal=self.journal, rng=self.engine.rng)
+        response_id = background.attached(state.request.custom_id)
+        if response_id is not None:
+            return self._finish(state, await background.reattach(self, state, response_id))
+        if background.enabled and state.body.get("background") is not True:
+            state.body = {**state.body, "background": True}
+            state.payload = orjson.dumps(state.body)
+        if state.body.get("background") is True and state.body.get("store") is False:
+            return self._finish(state, Decision(Verdict.PERMANENT, store_false_refusal()))
+        last = await self._attempt(state)
+        if last.retries and self.engine.policy.max_attempts > 1:
+            last = await self._retry(state, last)
+        return self._finish(state, await background.settle(self, state, last))
 
     def _is_fatal(self) -> bool:
         return self._fatal is not None

@@ -27,7 +27,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -37,11 +37,13 @@ from ratelane._core.batch_line import line_problems
 from ratelane._core.config import Price, RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
+from ratelane._engine.chains import ChainScheduler
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
 from .batch_options import BatchRunOptions
 from .batch_state import warn_uncollected
+from .chains import ChainGraph, ChainInputError, load_chains, parent_ids
 from .checkpoint import DoneSet, OutputLock, ResultWriter
 from .input import (
     _BOM,
@@ -51,6 +53,7 @@ from .input import (
 )
 from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
+from .pending import attach_background
 from .progress import Progress
 from .validated import Fingerprint, load_report, save_report
 
@@ -61,6 +64,7 @@ __all__ = [
     "FileRunSummary",
     "InvalidInputError",
     "arun_file",
+    "check_chains",
     "check_input",
     "check_paths",
     "default_errors_path",
@@ -137,6 +141,10 @@ class FileRunOptions:
     # Batch API mode (issue 11, batch_mode.py): "batch" sends INPUT through /v1/batches.
     via: Literal["realtime", "batch"] = "realtime"
     batch: BatchRunOptions | None = None
+    #: Background mode (issue 12): every line sent with "background": true and polled;
+    #: ids journaled in <OUTPUT>.pending.jsonl. cancel_on_exit: cancel them on stop().
+    background: bool = False
+    cancel_on_exit: bool = False
 
     def __post_init__(self) -> None:
         if self.model is not None and not (isinstance(self.model, str) and self.model):
@@ -211,12 +219,24 @@ class _EngineRun:
         self._run = self._engine.new_run(max_concurrency=client.max_concurrency)
 
     async def drive(
-        self, requests: Iterator[tuple[int, Request]], sink: Callable[[Result], Any]
+        self,
+        requests: Iterator[tuple[int, Request]] | AsyncIterator[tuple[int, Request]],
+        sink: Callable[[Result], Any],
     ) -> RunStats:
         return await self._run.drive(requests, sink)
 
     def stop(self) -> None:
         self._run.stop()
+
+    def attach_background(self, output_path: Path, done: DoneSet, options: FileRunOptions) -> Any:
+        """Background mode (issue 12): the journal and poller; see pending.py."""
+        return attach_background(
+            self._run,
+            output_path,
+            done,
+            enabled=options.background,
+            cancel_on_exit=options.cancel_on_exit,
+        )
 
     @property
     def stats(self) -> RunStats:
@@ -390,6 +410,14 @@ def check_input(
     return report
 
 
+def check_chains(path: Path) -> ChainGraph | None:
+    """INPUT's chains (issue 12), or :class:`InvalidInputError` listing their problems."""
+    try:
+        return load_chains(path)
+    except ChainInputError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
 def empty_input(path: Path) -> InvalidInputError:
     return InvalidInputError(
         f"INPUT holds no requests: {path} is empty or has only blank lines. "
@@ -435,6 +463,8 @@ class FileRun:
         self._prefix: DonePrefix | None = None
         self._marker: MarkerFile | None = None
         self._batch_mode: Any = None  # Batch API mode (issue 11): its BatchMode while it runs
+        self._chains: ChainGraph | None = None  # chains (issue 12)
+        self._scheduler: ChainScheduler | None = None
 
     # -- control, callable from a signal handler or another task ------------------
     def stop(self) -> None:
@@ -444,6 +474,8 @@ class FileRun:
             self._batch_mode.stop()
         if self._feed is not None:
             self._feed.stopped = True
+        if self._scheduler is not None:  # chains (issue 12): wake a worker waiting on a parent
+            self._scheduler.wake()
         if self._engine_run is not None:
             self._engine_run.stop()
 
@@ -559,6 +591,7 @@ class FileRun:
         report, revalidated, fingerprint = await asyncio.to_thread(self._validated)
         if report.lines == 0:
             raise empty_input(self.input_path)
+        self._chains = await asyncio.to_thread(check_chains, self.input_path)  # issue 12
         with (
             OutputLock(self.output_path),
             ResultWriter(
@@ -595,6 +628,7 @@ class FileRun:
     ) -> tuple[RunStats, tuple[str, str] | None]:
         engine_run = _EngineRun(client)
         self._engine_run = engine_run
+        journal = engine_run.attach_background(self.output_path, done, self.options)  # issue 12
         prefix = self._prefix if self._prefix is not None else DonePrefix()
         bar = self._progress_bar(max(0, report.lines - known_done))
         feed = _Feed(
@@ -626,7 +660,18 @@ class FileRun:
                 on_result(result)
             tick()
 
-        task = asyncio.ensure_future(engine_run.drive(feed, sink))
+        source: Iterator[tuple[int, Request]] | AsyncIterator[tuple[int, Request]] = feed
+        sink_of_run: Callable[[Result], Awaitable[None]] = sink
+        if self._chains is not None:  # chains (issue 12): children after their parents
+            known = await asyncio.to_thread(parent_ids, self.output_path, self._chains.parents)
+            scheduler = self._scheduler = ChainScheduler(
+                self._chains.parent_of,
+                response_ids=known,
+                stats=engine_run.stats,
+                stopping=lambda: self._stop_requested or engine_run.fatal is not None,
+            )
+            source, sink_of_run = scheduler.requests(feed), scheduler.sink(sink)
+        task = asyncio.ensure_future(engine_run.drive(source, sink_of_run))
         self._task = task
         try:
             await asyncio.wait({task})
@@ -635,6 +680,7 @@ class FileRun:
                 task.cancel()
                 await asyncio.wait({task})
             bar.close()
+            journal.close()  # background mode (issue 12)
         fatal: tuple[str, str] | None = None
         if not task.cancelled():
             exc = task.exception()
@@ -668,15 +714,15 @@ class FileRun:
         skipped = min(known_done, report.lines)
         if feed is not None and exhausted:
             skipped = report.lines - feed.sent
+        not_sent = max(0, report.lines - skipped - stats.succeeded - stats.failed)
         if fatal is not None:
             reason = ExitReason.FATAL
-        elif not exhausted:
+        elif not exhausted or not_sent:  # not_sent: read, but stopped before an answer
             reason = ExitReason.STOPPED
         elif stats.failed:
             reason = ExitReason.SOME_FAILED
         else:
             reason = ExitReason.COMPLETED
-        not_sent = max(0, report.lines - skipped - stats.succeeded - stats.failed)
         return FileRunSummary(
             reason=reason,
             input_path=self.input_path,
@@ -724,6 +770,8 @@ async def arun_file(
     fsync_interval_s: float = FSYNC_INTERVAL_S,
     via: Literal["realtime", "batch"] = "realtime",
     batch: BatchRunOptions | None = None,
+    background: bool = False,
+    cancel_on_exit: bool = False,
 ) -> FileRunSummary:
     """Send every request of the Batch-format file ``input``; successes go to ``output``.
 
@@ -752,6 +800,8 @@ async def arun_file(
         fsync_interval_s=fsync_interval_s,
         via=via,
         batch=batch,
+        background=background,
+        cancel_on_exit=cancel_on_exit,
     )
     return await FileRun(input, output, errors=errors, options=options).run()
 
