@@ -215,3 +215,23 @@ def test_chain_problems_exit_2_with_line_numbers_and_send_nothing(
             assert text in ran.stderr
         assert "HINT" in ran.stderr or "line itself" in ran.stderr or "must be" in ran.stderr
     assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
+
+
+def test_batch_mode_refuses_chained_input_and_background_before_sending(
+    tmp_path: Path, in_process_cli: InProcessCli
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(
+        b"".join(orjson.dumps(line) + b"\n" for line in [_line("a"), _line("b", "a")])
+    )
+    env = {"OPENAI_API_KEY": "sk-test-chains-0001", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    output = tmp_path / "out.jsonl"
+    ran = in_process_cli("run", str(source), "-o", str(output), "--via", "batch", env=env)
+    assert ran.returncode == 2, ran.stderr
+    assert "INPUT has 1 chained line(s)" in ran.stderr and "--via realtime" in ran.stderr
+    ran = in_process_cli(
+        "run", str(source), "-o", str(output), "--via", "batch", "--background", env=env
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert "background mode is for real-time runs" in ran.stderr
+    assert not output.exists() or output.read_bytes() == b""

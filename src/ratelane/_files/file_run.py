@@ -151,6 +151,11 @@ class FileRunOptions:
             raise ConfigurationError(f"model must be a non-empty model name, got {self.model!r}")
         if self.via not in ("realtime", "batch"):  # Batch API mode (issue 11)
             raise ConfigurationError(f'via must be "realtime" or "batch", got {self.via!r}')
+        if self.via == "batch" and (self.background or self.cancel_on_exit):
+            raise ConfigurationError(
+                "background mode is for real-time runs: a Batch API run is already "
+                "asynchronous. HINT: drop --background/--cancel-on-exit, or use --via realtime"
+            )
         if not self.fsync_interval_s >= 0:
             raise ConfigurationError(
                 f"fsync_interval_s must be 0 or more seconds, got {self.fsync_interval_s}"
@@ -592,6 +597,13 @@ class FileRun:
         if report.lines == 0:
             raise empty_input(self.input_path)
         self._chains = await asyncio.to_thread(check_chains, self.input_path)  # issue 12
+        if self._chains is not None and self.options.via == "batch":
+            raise InvalidInputError(
+                f"INPUT has {len(self._chains.parent_of):,} chained line(s) "
+                '("previous_custom_id"); the Batch API cannot chain: a turn needs its parent\'s '
+                "response id before it is submitted. HINT: send this INPUT with --via realtime "
+                "(the default), or move the chained lines to a file of their own"
+            )
         with (
             OutputLock(self.output_path),
             ResultWriter(
