@@ -15,6 +15,7 @@ Variants:
 - ``sdk``: ``openai.AsyncOpenAI`` + ``asyncio.Semaphore(N)`` + ``gather``,
   what most users write; the SDK's own retries (``max_retries``).
 - ``cli``: ``python -m ratelane run INPUT -o OUTPUT`` on a Batch-format file.
+- ``raw_file``: the same file job hand-rolled (``_raw_file.py``), the CLI's floor.
 """
 
 from __future__ import annotations
@@ -169,7 +170,12 @@ VARIANTS = {"raw": run_raw, "ratelane": run_ratelane, "ratelane_iter": run_ratel
 # -- the CLI variant ----------------------------------------------------------------
 
 
+RAW_FILE_SCRIPT = Path(__file__).with_name("_raw_file.py")
+
+
 def _cli_command(spec: dict[str, Any], input_path: Path, output_path: Path) -> list[str]:
+    if spec["variant"] == "raw_file":
+        return [sys.executable, str(RAW_FILE_SCRIPT), str(input_path), str(output_path)]
     command = [sys.executable, "-m", "ratelane", "run", str(input_path), "-o", str(output_path)]
     command += spec.get("cli_args", [])
     return command
@@ -177,6 +183,7 @@ def _cli_command(spec: dict[str, Any], input_path: Path, output_path: Path) -> l
 
 def run_cli(spec: dict[str, Any], bodies: list[dict[str, Any]]) -> dict[str, Any]:
     environment = dict(os.environ, OPENAI_API_KEY=spec["api_key"], OPENAI_BASE_URL=spec["base_url"])
+    environment["RAW_CONCURRENCY"] = str(spec.get("concurrency", 64))
     with tempfile.TemporaryDirectory(prefix="ratelane-bench-") as directory:
         input_path = Path(directory) / "input.jsonl"
         with input_path.open("w") as handle:
@@ -249,7 +256,7 @@ async def run_spec_async(spec: dict[str, Any]) -> dict[str, Any]:
         notes.append(raise_open_files(int(spec["open_files"])))
     bodies = make_bodies(spec["items"])
     warmup = int(spec.get("warmup", 0))
-    if spec["variant"] == "cli":
+    if spec["variant"] in ("cli", "raw_file"):
         outcome = await asyncio.to_thread(run_cli, spec, bodies)
     else:
         # Import before measuring so no variant pays for its imports in the figure.
