@@ -11,18 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ratelane._core.config import Price, Profile, RetryPolicy
+from ratelane._core.config import Profile, RetryPolicy
 from ratelane._core.errors import APIError, ConfigurationError, FatalError
 from ratelane._core.items import to_request
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.breaker import BreakerPolicy
 from ratelane._engine.engine import Engine, NotSent, SleepFn
 from ratelane._http.transport import Transport
 from ratelane._http.wire import DEFAULT_BASE_URL, mask_key
 from ratelane._limits.governor import RateGovernor
 
+from . import operating
 from .feed import Items, run_items
-from .options import RunOptions, check_body_fields, run_options
+from .options import Prices, RunOptions, check_body_fields, run_options
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -79,7 +81,11 @@ class Client:
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
         default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-        prices: Mapping[str, Price] | None = None,
+        prices: Prices = None,
+        max_cost: float | None = None,
+        breaker: BreakerPolicy | bool = True,
+        cache: str | os.PathLike[str] | None = None,
+        remember_limits: bool = True,
         sleep: SleepFn = asyncio.sleep,
         jitter_seed: int | None = None,
         **body: Unpack[BodyFields],
@@ -120,7 +126,20 @@ class Client:
         self._rpm = rpm
         self._tpm = tpm
         self._default_output_tokens = default_output_tokens
-        self._prices = prices
+        # Operating a run (issue 14): checked here, built per ``async with`` (operating.py).
+        self._operating = operating.Operating(
+            prices=prices,
+            max_cost=max_cost,
+            breaker=breaker,
+            cache=cache,
+            remember_limits=remember_limits,
+            identity=(
+                self.base_url,
+                key,
+                organization or os.environ.get("OPENAI_ORG_ID"),
+                project or os.environ.get("OPENAI_PROJECT_ID"),
+            ),
+        )
         self._sleep = sleep
         self._seed = jitter_seed
         self._engine: Engine | None = None
@@ -139,9 +158,10 @@ class Client:
             RateGovernor(rpm=self._rpm, tpm=self._tpm),
             self.retry,
             default_output_tokens=self._default_output_tokens,
-            prices=self._prices,
+            prices=self._operating.prices,
             sleep=self._sleep,
             rng=random.Random(self._seed),
+            **self._operating.open(),
         )
         return self
 
@@ -152,6 +172,8 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self._transport.__aexit__(exc_type, exc, tb)
+        if self._engine is not None:
+            self._operating.close(self._engine)  # issue 14: save limits, close the cache
         self._engine = None
 
     @property

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ratelane._core.config import Price, Profile, RetryPolicy
+from ratelane._core.config import Profile, RetryPolicy
 from ratelane._core.models import Result
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.breaker import BreakerPolicy
 
 from .client import Client, Items, Results
-from .options import client_arguments
+from .options import Prices, client_arguments
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -46,7 +48,11 @@ def run_many(
     timeout_s: float = 600.0,
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    remember_limits: bool = True,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Blocking form of arun_many, for scripts and notebooks.
@@ -83,7 +89,11 @@ async def arun_many(
     timeout_s: float = 600.0,
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    remember_limits: bool = True,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Send every item from async code; Results in input order, with ``.stats``.
@@ -116,7 +126,11 @@ def iter_results(
     timeout_s: float = 600.0,
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    remember_limits: bool = True,
     **body: Unpack[BodyFields],
 ) -> AsyncIterator[Result]:
     """Like arun_many, but yield each Result as soon as it completes (``async for``)."""

@@ -144,6 +144,8 @@ class Result:
     dropped_params: tuple[str, ...] = ()
     path: str = "/v1/responses"
     request_id_header: str | None = None
+    #: Answered from the response cache without sending (issue 14).
+    cached: bool = False
     _parsed: Any = field(default=_UNPARSED, init=False, repr=False, compare=False)
 
     @property
@@ -223,6 +225,12 @@ class RunStats:
     # A bounded uniform sample: memory stays flat however long the run.
     latencies_s: array[float] = field(default_factory=lambda: LatencySample(), repr=False)
     cost_usd: float | None = None
+    # Operating a run (issue 14): failures that were transient (5xx, timeouts,
+    # connection errors after every attempt), answers from the response cache,
+    # and how many times the circuit breaker opened during the run.
+    failed_transient: int = 0
+    cache_hits: int = 0
+    circuit_opens: int = 0
 
     @property
     def completed(self) -> int:

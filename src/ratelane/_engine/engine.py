@@ -14,7 +14,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ratelane._core.config import Price, RetryPolicy
 from ratelane._core.models import Request, Result, RunStats, Usage
@@ -22,7 +22,13 @@ from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS, estimate_input_tokens, 
 from ratelane._http.transport import Transport
 from ratelane._limits.governor import RateGovernor
 
+from .breaker import CircuitBreaker
+from .remembered import LimitRecall
 from .run import Item, NotSent, Run, Sink
+from .spend import SpendCap
+
+if TYPE_CHECKING:
+    from ratelane._state.response_cache import ResponseCache
 
 __all__ = ["Engine", "Item", "NotSent", "Run", "Sink", "SleepFn"]
 
@@ -44,6 +50,10 @@ class Engine:
         prices: Mapping[str, Price] | None = None,
         sleep: SleepFn = asyncio.sleep,
         rng: random.Random | None = None,
+        spend: SpendCap | None = None,
+        breaker: CircuitBreaker | None = None,
+        cache: ResponseCache | None = None,
+        recall: LimitRecall | None = None,
     ) -> None:
         self.transport = transport
         self.governor = governor
@@ -56,6 +66,14 @@ class Engine:
         self._input_ratio = 1.0
         #: A typical request's token charge, for the governor's discovery.
         self.typical_tokens = 0
+        # Operating a run (issue 14), each None when off: the spend cap, the circuit
+        # breaker, the response cache, and the remembered limits (``recall`` stays for
+        # saving at close; ``seed_limits`` is cleared once the first request seeded them).
+        self.spend = spend
+        self.breaker = breaker
+        self.cache = cache
+        self.recall = recall
+        self.seed_limits: LimitRecall | None = recall
 
     # -- runs -------------------------------------------------------------------
     def new_run(self, *, max_concurrency: int) -> Run:
@@ -99,6 +117,11 @@ class Engine:
         if not path.endswith("/embeddings"):
             charge += output_budget(body, self.default_output_tokens)
         return charge, estimate
+
+    @property
+    def input_ratio(self) -> float:
+        """Observed input tokens per estimated token (at least 1), for worst-case costs."""
+        return self._input_ratio
 
     def learn_usage(self, usage: Usage, *, charged: int, input_estimate: int) -> None:
         if input_estimate > 0 and usage.input_tokens > 0:

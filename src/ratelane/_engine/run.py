@@ -24,8 +24,11 @@ import orjson
 from ratelane._core.batch_line import default_custom_id
 from ratelane._core.errors import ConfigurationError, FatalError, TransportError
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
+from ratelane._core.prices import price_for
 from ratelane._http.wire import read_rate_limit_headers
 
+from . import cached, circuit, spending
+from .breaker import BreakerState
 from .retry import (
     Decision,
     Verdict,
@@ -37,6 +40,7 @@ from .retry import (
 )
 
 if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
     from .engine import Engine
 
 __all__ = ["EARLY_STREAK", "Item", "NotSent", "Run", "Sink"]
@@ -69,6 +73,14 @@ class _State:
     input_estimate: int = 0
     attempts: int = 0
     dropped: list[str] = field(default_factory=list)
+    # Operating a run (issue 14): the spend reserved for this request and what it
+    # cost; attempts the circuit breaker forgave (failures during an outage).
+    reserved_usd: float = 0.0
+    cost_usd: float = 0.0
+    forgiven: int = 0
+
+    def forgiven_attempts(self) -> int:
+        return self.forgiven
 
 
 class Run:
@@ -166,7 +178,13 @@ class Run:
         Raises ``NotSent`` when the run stops before the request is sent.
         """
         self.in_flight += 1
+        state: _State | None = None
         try:
+            engine = self.engine
+            if engine.cache is not None:  # response cache (issue 14)
+                hit = cached.from_cache(engine.cache, index, request)
+                if hit is not None:
+                    return self._from_cache(hit)
             state = self._prepare(index, request)
             if not isinstance(state.body.get("model"), str):
                 return self._invalid(
@@ -174,6 +192,12 @@ class Run:
                     request,
                     "the body has no model. HINT: pass model=... or put 'model' in the body",
                 )
+            recall = engine.seed_limits
+            if recall is not None:  # remembered limits (issue 14): at the first request
+                engine.seed_limits = None
+                recall.seed(state.body, engine.governor)
+            if engine.spend is not None:  # spend cap (issue 14)
+                self._reserve(state)
             first = await self._attempt(state)
             if not first.retries or self.engine.policy.max_attempts == 1:
                 return self._finish(state, first)
@@ -183,14 +207,19 @@ class Run:
             async def attempt_again(state: _State) -> Decision:
                 return replay.pop() if replay else await self._attempt(state)
 
-            engine = self.engine
             again = retrying(
-                engine.policy, sleep=engine.sleep, rng=engine.rng, stopped=self._is_fatal
+                engine.policy,
+                sleep=engine.sleep,
+                rng=engine.rng,
+                stopped=self._is_fatal,
+                forgiven=state.forgiven_attempts,  # circuit breaker (issue 14)
             )
             last: Decision = await again(attempt_again, state)
             return self._finish(state, last)
         finally:
             self.in_flight -= 1
+            if state is not None and state.reserved_usd:  # spend cap (issue 14)
+                self._settle(state)
 
     def _is_fatal(self) -> bool:
         return self._fatal is not None
@@ -221,11 +250,20 @@ class Run:
             return refused
         if self.stopping:
             raise NotSent
-        admitted_at = await governor.admit(charge)
+        breaker = engine.breaker
+        probe = False
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
+            probe = await self._wait_for_circuit()
+        try:
+            admitted_at = await governor.admit(charge)
+        except BaseException:
+            if probe and breaker is not None:  # circuit breaker (issue 14)
+                breaker.abandon_probe()
+            raise
         if self.stopping:
             # The run ended (fatal error or stop()) while this request queued for
             # admission: it was never sent, so it gets no Result at all.
-            raise NotSent
+            raise self._not_sent(probe)
         began = self._clock()
         if not state.attempts:
             # Latency runs from the first send, not from queueing for admission.
@@ -236,6 +274,10 @@ class Run:
         except TransportError as exc:
             governor.observe(None)
             decision = decide_transport_error(exc)
+        except BaseException:
+            if probe and breaker is not None:  # a cancelled probe (issue 14)
+                breaker.abandon_probe()
+            raise
         else:
             headers = reply.headers
             governor.observe(
@@ -246,6 +288,8 @@ class Run:
             decision = decide(reply.status, headers, reply.raw, engine.policy, state.body)
             if decision.verdict is not Verdict.SUCCESS:
                 self._act(state, decision, admitted_at)
+        if breaker is not None:  # circuit breaker (issue 14)
+            self._report_to_circuit(breaker, state, decision, probe)
         self._log_attempt(state, decision, charge, self._clock() - began)
         return decision
 
@@ -316,7 +360,12 @@ class Run:
         stats.latencies_s.append(result.latency_s)
         if ok:
             self._account_success(state, usage)
+            cache = self.engine.cache
+            if cache is not None and cached.cacheable(state.request.body):  # issue 14
+                cache.put(state.request.path, state.request.body, decision.raw or b"")
         else:
+            if decision.retries:  # transient, not the line's fault (issue 14)
+                stats.failed_transient += 1
             self._account_failure(result, decision.verdict)
         return result
 
@@ -344,7 +393,7 @@ class Run:
         stats.cached_tokens += usage.cached_tokens
         stats.output_tokens += usage.output_tokens
         stats.reasoning_tokens += usage.reasoning_tokens
-        price = engine.prices.get(str(state.body.get("model")))
+        price = price_for(str(state.body.get("model")), engine.prices)
         if price is not None:
             cost = price.cost(
                 input_tokens=usage.input_tokens,
@@ -352,6 +401,7 @@ class Run:
                 output_tokens=usage.output_tokens,
             )
             stats.cost_usd = (stats.cost_usd or 0.0) + cost
+            state.cost_usd = cost
 
     def _account_failure(self, result: Result, verdict: Verdict) -> None:
         """Count a failure; a streak of identical permanent ones stops the run.
@@ -375,3 +425,58 @@ class Run:
                 f"{self._streak} requests in a row failed the same way "
                 f"(status {result.status_code}, code {error.code}): {error.message}",
             )
+
+    # -- operating a run (issue 14): spend cap, circuit breaker, response cache ------
+    def _reserve(self, state: _State) -> None:
+        """Reserve the request's worst-case cost, or stop the run (``NotSent``)."""
+        spend = self.engine.spend
+        assert spend is not None
+        self._charge(state)
+        reserved, refusal = spending.reserve(
+            spend, self.engine, state.body, state.request.path, state.input_estimate
+        )
+        if refusal is not None:
+            if self._fatal is None:
+                self._fatal = ("max_cost", refusal)
+            raise NotSent
+        state.reserved_usd = reserved
+
+    def _settle(self, state: _State) -> None:
+        spend = self.engine.spend
+        if spend is not None:
+            spend.settle(state.reserved_usd, state.cost_usd)
+        state.reserved_usd = 0.0
+
+    def _not_sent(self, probe: bool) -> NotSent:
+        """A probe that will not be sent lets another request probe."""
+        if probe and self.engine.breaker is not None:
+            self.engine.breaker.abandon_probe()
+        return NotSent()
+
+    async def _wait_for_circuit(self) -> bool:
+        """Wait while the circuit is open; True when this attempt is the probe."""
+        breaker = self.engine.breaker
+        assert breaker is not None
+        probe = await breaker.admit()
+        if self.stopping:
+            if probe:
+                breaker.abandon_probe()
+            raise NotSent
+        return probe
+
+    def _report_to_circuit(
+        self, breaker: CircuitBreaker, state: _State, decision: Decision, probe: bool
+    ) -> None:
+        forgiven, opened = circuit.report(breaker, decision, probe=probe)
+        if forgiven:
+            state.forgiven += 1
+        if opened:
+            self.stats.circuit_opens += 1
+
+    def _from_cache(self, result: Result) -> Result:
+        stats = self.stats
+        stats.succeeded += 1
+        stats.cache_hits += 1
+        self._streak = 0
+        self._streak_key = None
+        return result

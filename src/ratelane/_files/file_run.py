@@ -22,21 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import enum
 import functools
 import os
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from ratelane._api.client import Client
+from ratelane._api.options import Prices
 from ratelane._core.batch_line import line_problems
-from ratelane._core.config import Price, RetryPolicy
+from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
+from ratelane._engine.breaker import BreakerPolicy
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
@@ -50,6 +53,7 @@ from .input import (
 from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
 from .progress import Progress
+from .spent import spent_in_output
 from .validated import Fingerprint, load_report, save_report
 
 __all__ = [
@@ -127,9 +131,14 @@ class FileRunOptions:
     base_url: str | None = None
     organization: str | None = None
     project: str | None = None
-    prices: Mapping[str, Price] | None = None
+    prices: Prices = None
     progress: bool = False
     fsync_interval_s: float = FSYNC_INTERVAL_S
+    # Operating a run (issue 14); ``max_cost`` bounds the spend recomputed from OUTPUT.
+    max_cost: float | None = None
+    breaker: BreakerPolicy | bool = True
+    cache: StrPath | None = None
+    remember_limits: bool = True
 
     def __post_init__(self) -> None:
         if self.model is not None and not (isinstance(self.model, str) and self.model):
@@ -174,6 +183,11 @@ class FileRunSummary:
     repaired_bytes: int = 0
     revalidated: bool = True
     fast_resume: bool = False
+    # Operating a run (issue 14): with max_cost, what OUTPUT has cost in all (earlier
+    # runs included) and the cap; a response cache that could not be used, and why.
+    spent_usd: float | None = None
+    max_cost_usd: float | None = None
+    cache_problem: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -476,6 +490,10 @@ class FileRun:
             timeout_s=options.timeout_s,
             connect_timeout_s=options.connect_timeout_s,
             prices=options.prices,
+            max_cost=options.max_cost,
+            breaker=options.breaker,
+            cache=options.cache,
+            remember_limits=options.remember_limits,
         )
 
     def _validated(self) -> tuple[ValidationReport, bool, Fingerprint | None]:
@@ -556,10 +574,23 @@ class FileRun:
             start, done = await asyncio.to_thread(self._resume_from, fingerprint, revalidated)
             known_done = len(done) + (start.done_lines if start is not None else 0)
             async with client:
+                spend = client.engine.spend
+                if spend is not None:  # spend cap (issue 14): count what OUTPUT already cost
+                    spent = await asyncio.to_thread(
+                        spent_in_output, self.output_path, client.engine.prices
+                    )
+                    spend.spent_usd += spent.usd
                 stats, fatal = await self._send(client, writer, done, report, known_done)
                 governor = self._engine_run.governor if self._engine_run else None
-        return self._summary(
+                cache = client.engine.cache
+        summary = self._summary(
             report, known_done, stats, fatal, writer, governor, revalidated, start is not None
+        )
+        return dataclasses.replace(  # issue 14
+            summary,
+            spent_usd=spend.spent_usd if spend is not None else None,
+            max_cost_usd=spend.max_cost_usd if spend is not None else None,
+            cache_problem=cache.problem if cache is not None else None,
         )
 
     async def _send(
@@ -696,9 +727,13 @@ async def arun_file(
     base_url: str | None = None,
     organization: str | None = None,
     project: str | None = None,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
     progress: bool = True,
     fsync_interval_s: float = FSYNC_INTERVAL_S,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: StrPath | None = None,
+    remember_limits: bool = True,
 ) -> FileRunSummary:
     """Send every request of the Batch-format file ``input``; successes go to ``output``.
 
@@ -723,6 +758,10 @@ async def arun_file(
         prices=prices,
         progress=progress,
         fsync_interval_s=fsync_interval_s,
+        max_cost=max_cost,
+        breaker=breaker,
+        cache=cache,
+        remember_limits=remember_limits,
     )
     return await FileRun(input, output, errors=errors, options=options).run()
 
