@@ -29,9 +29,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ratelane._api.operating import price_table
 from ratelane._core.argtypes import positive_float, positive_int
 from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, InputError, OutputLockedError
+from ratelane._core.prices import PRICES_AS_OF
 from ratelane._files.checkpoint import DoneSet
 from ratelane._files.file_run import (
     DEFAULT_MAX_CONCURRENCY,
@@ -47,10 +49,18 @@ from ratelane._files.file_run import (
     empty_input,
 )
 from ratelane._files.input import iter_batch_requests
+from ratelane._files.projection import project_cost
 from ratelane._http.wire import DEFAULT_BASE_URL
 
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .summary import RunSummary, format_summary, stop_cause
+from .summary import (
+    RunSummary,
+    failure_advice,
+    format_summary,
+    raised_cap,
+    spent_text,
+    stop_cause,
+)
 
 __all__ = [
     "GRACE_S",
@@ -122,6 +132,13 @@ class RunSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     progress: bool = False
     resume_command: str | None = None
+    # Operating a run (issue 14): --prices, --max-cost, --cache, --no-breaker,
+    # --no-remember-limits.
+    prices_path: Path | None = None
+    max_cost: float | None = None
+    cache_path: Path | None = None
+    breaker: bool = True
+    remember_limits: bool = True
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -202,10 +219,50 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add(
         "--dry-run",
         action="store_true",
-        help="validate INPUT, count lines and estimated tokens; send nothing",
+        help="validate INPUT, count lines and estimated tokens, project the cost; send nothing",
     )
+    _add_operating_flags(add)
     parser.set_defaults(handler=run)
     return parser
+
+
+def _add_operating_flags(add: Any) -> None:
+    """Issue 14's flags: spend, cache, breaker, remembered limits."""
+    add(
+        "--prices",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help='JSON prices over the built-in table: {"model": {"input": 0.4, '
+        '"cached_input": 0.1, "output": 1.6}} (USD per 1M tokens)',
+    )
+    add(
+        "--max-cost",
+        metavar="USD",
+        type=positive_float,
+        default=None,
+        help="stop (exit 3, resumable) before what OUTPUT has cost could pass USD",
+    )
+    add(
+        "--cache",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="SQLite response cache: identical requests are answered from it, not sent "
+        "(for deterministic prompts)",
+    )
+    add(
+        "--no-breaker",
+        action="store_true",
+        help="no circuit breaker (by default an outage pauses the run instead of "
+        "spending attempts)",
+    )
+    add(
+        "--no-remember-limits",
+        action="store_true",
+        help="neither use nor save the rate limits learned by earlier runs "
+        "(kept in $RATELANE_CACHE_DIR or ~/.cache/ratelane/limits.json)",
+    )
 
 
 def _number(value: float) -> str:
@@ -231,6 +288,9 @@ def resume_command(args: argparse.Namespace) -> str:
         ("--tpm", args.tpm),
         ("--max-attempts", args.max_attempts),
         ("--timeout", args.timeout),
+        ("--prices", args.prices),
+        ("--max-cost", args.max_cost),
+        ("--cache", args.cache),
     ]
     for flag, value in options:
         if value is None:
@@ -238,7 +298,11 @@ def resume_command(args: argparse.Namespace) -> str:
         parts += [flag, _number(value) if isinstance(value, int | float) else str(value)]
     if args.no_progress:
         parts.append("--no-progress")
+    parts += [flag for flag, on in _OFF_FLAGS if getattr(args, on)]
     return shlex.join(parts)
+
+
+_OFF_FLAGS = (("--no-breaker", "no_breaker"), ("--no-remember-limits", "no_remember_limits"))
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
@@ -256,6 +320,11 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         timeout_s=args.timeout or DEFAULT_TIMEOUT_S,
         progress=not args.no_progress and sys.stderr.isatty(),
         resume_command=resume_command(args),
+        prices_path=args.prices,
+        max_cost=args.max_cost,
+        cache_path=args.cache,
+        breaker=not args.no_breaker,
+        remember_limits=not args.no_remember_limits,
     )
 
 
@@ -313,8 +382,29 @@ def _dry_run(settings: RunSettings) -> int:
             f'warning: {missing_model:,} of them have no "model" in their body and would '
             "fail. HINT: pass --model M"
         )
+    try:  # the projected cost range (issue 14)
+        print(_projection(settings, done))
+    except ConfigurationError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
     print("dry run: nothing was sent")
     return EXIT_OK
+
+
+def _projection(settings: RunSettings, done: DoneSet) -> str:
+    projection = project_cost(
+        settings.input_path,
+        price_table(settings.prices_path),
+        skip=done.__contains__ if len(done) else None,
+        default_model=settings.model,
+    )
+    text = projection.describe() + f" (built-in prices as of {PRICES_AS_OF})"
+    if settings.max_cost is not None and projection.high_usd > settings.max_cost:
+        text += (
+            f"\nnote: --max-cost ${settings.max_cost:,.4f} is below the high end: the run may "
+            "stop there (exit 3), resumable with a higher cap"
+        )
+    return text
 
 
 def _report_invalid(exc: InvalidInputError) -> None:
@@ -344,6 +434,11 @@ def run_batch(settings: RunSettings, *, api_key: str) -> int:
             retry=RetryPolicy(max_attempts=settings.max_attempts),
             timeout_s=settings.timeout_s,
             progress=settings.progress,
+            prices=settings.prices_path,
+            max_cost=settings.max_cost,
+            cache=settings.cache_path,
+            breaker=settings.breaker,
+            remember_limits=settings.remember_limits,
         )
     except ConfigurationError as exc:
         _say(str(exc))
@@ -443,6 +538,14 @@ def _print_hint(settings: RunSettings, hint: str) -> None:
 def _finish(settings: RunSettings, summary: FileRunSummary) -> int:
     hint: str | None = None
     reason = summary.reason
+    if reason is ExitReason.FATAL and summary.stop_reason == "max_cost":  # issue 14
+        headline = (
+            f"stopped at the spend cap: {spent_text(summary.spent_usd, summary.max_cost_usd)}"
+        )
+        code = EXIT_FATAL
+        _print_summary(summary, headline)
+        _print_raised_cap(settings, summary)
+        return code
     if reason is ExitReason.FATAL:
         label, cause = stop_cause(summary.stop_reason, summary.stop_status)
         headline = f"stopped early ({label}): {summary.stop_message}"
@@ -453,23 +556,43 @@ def _finish(settings: RunSettings, summary: FileRunSummary) -> int:
         code = EXIT_INTERRUPTED
         hint = "run the same command again to resume"
     elif reason is ExitReason.SOME_FAILED:
-        failed = summary.failed
-        headline = (
-            f"finished: {failed:,} {'line' if failed == 1 else 'lines'} "
-            "failed permanently (see ERRORS)"
-        )
+        headline, hint = failure_advice(summary.failed, summary.stats.failed_transient)
         code = EXIT_FAILED
-        hint = "fix those lines in INPUT, then run the same command again to retry only them"
     elif summary.stats.completed == 0:
         headline = "nothing to do: every line already has a success in OUTPUT"
         code = EXIT_OK
     else:
         headline = "done: every line succeeded"
         code = EXIT_OK
-    print(format_summary(RunSummary.of(summary, headline=f"ratelane: {headline}")), file=sys.stderr)
+    _print_summary(summary, headline)
     if hint is not None:
         _print_hint(settings, hint)
     return code
+
+
+def _print_summary(summary: FileRunSummary, headline: str) -> None:
+    print(format_summary(RunSummary.of(summary, headline=f"ratelane: {headline}")), file=sys.stderr)
+
+
+def _print_raised_cap(settings: RunSettings, summary: FileRunSummary) -> None:
+    """The spend cap stopped the run: show how to continue with a higher one."""
+    command = settings.resume_command
+    if command is None:
+        return
+    cap = summary.max_cost_usd or 0.0
+    higher = raised_cap(cap, summary.spent_usd or 0.0)
+    parts = shlex.split(command)
+    if "--max-cost" in parts:
+        parts[parts.index("--max-cost") + 1] = _number(higher)
+    else:
+        parts += ["--max-cost", _number(higher)]
+    print(
+        f"HINT: {summary.remaining:,} lines still need a success; to continue, run again "
+        f"with a higher cap (what OUTPUT already cost counts against it), e.g.:\n  "
+        f"{shlex.join(parts)}",
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
 
 
 class _TqdmHandler(logging.Handler):

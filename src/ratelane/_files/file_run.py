@@ -39,7 +39,7 @@ from ratelane._core.batch_line import line_problems
 from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
-from ratelane._engine.breaker import BreakerPolicy
+from ratelane._engine.breaker import BreakerPolicy, CircuitBreaker
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
@@ -52,7 +52,7 @@ from .input import (
 )
 from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
-from .progress import Progress
+from .progress import Progress, circuit_text
 from .spent import spent_in_output
 from .validated import Fingerprint, load_report, save_report
 
@@ -231,6 +231,10 @@ class _EngineRun:
     @property
     def governor(self) -> RateGovernor:
         return self._engine.governor
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self._engine.breaker
 
 
 # --------------------------------------------------------------------------- reading INPUT
@@ -653,7 +657,13 @@ class FileRun:
         return engine_run.stats, fatal
 
     def _progress_bar(self, total: int) -> Progress:
-        return Progress(total=total, enabled=self.options.progress, live=self._live)
+        return Progress(
+            total=total, enabled=self.options.progress, live=self._live, circuit=self._circuit
+        )
+
+    def _circuit(self) -> str | None:  # the breaker's state for the bar (issue 14)
+        engine_run = self._engine_run
+        return None if engine_run is None else circuit_text(engine_run.breaker)
 
     def _live(self) -> tuple[RunStats, RateGovernor] | None:
         engine_run = self._engine_run
