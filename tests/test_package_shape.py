@@ -12,6 +12,7 @@ PACKAGE = Path(ratelane.__file__).parent
 PUBLIC = [
     "PROFILES",
     "APIError",
+    "BreakerPolicy",
     "Client",
     "ConfigurationError",
     "ErrorInfo",

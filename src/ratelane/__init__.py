@@ -24,6 +24,7 @@ from ._core.errors import (
     TransportError,
 )
 from ._core.models import ErrorInfo, Request, Result, RunStats, Usage
+from ._engine.breaker import BreakerPolicy
 from ._engine.retry import backoff_wait
 from ._files.file_run import (
     ExitReason,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PROFILES",
     "APIError",
+    "BreakerPolicy",
     "Client",
     "ConfigurationError",
     "ErrorInfo",
