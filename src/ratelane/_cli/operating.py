@@ -32,9 +32,17 @@ def spent_text(spent_usd: float | None, max_cost_usd: float | None) -> str:
     return f"{spent} of the ${max_cost_usd:,.4f} cap spent (OUTPUT in all, from its usage)"
 
 
-def raised_cap(cap_usd: float, spent_usd: float) -> float:
-    """A higher cap to suggest: twice the old one (at least spent + the old cap), two digits."""
-    target = max(2 * cap_usd, spent_usd + cap_usd)
+def raised_cap(cap_usd: float, spent_usd: float, *, done: int, remaining: int) -> float:
+    """A higher cap to suggest: enough for the ``remaining`` lines at the average cost of
+    the ``done`` ones, with a fifth to spare, and at least half again the old cap;
+    rounded up to two significant digits::
+
+        max(1.5 * cap, 1.2 * (spent + remaining * spent / done))    (2 * cap when done = 0)
+    """
+    if done > 0:
+        target = max(1.5 * cap_usd, 1.2 * (spent_usd + remaining * spent_usd / done))
+    else:  # no average to go by
+        target = 2 * cap_usd
     if target <= 0:
         return 1.0
     scale = 10.0 ** (math.floor(math.log10(target)) - 1)

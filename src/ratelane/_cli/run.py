@@ -580,7 +580,8 @@ def _print_raised_cap(settings: RunSettings, summary: FileRunSummary) -> None:
     if command is None:
         return
     cap = summary.max_cost_usd or 0.0
-    higher = raised_cap(cap, summary.spent_usd or 0.0)
+    done = summary.skipped + summary.succeeded
+    higher = raised_cap(cap, summary.spent_usd or 0.0, done=done, remaining=summary.remaining)
     parts = shlex.split(command)
     if "--max-cost" in parts:
         parts[parts.index("--max-cost") + 1] = _number(higher)
@@ -588,7 +589,8 @@ def _print_raised_cap(settings: RunSettings, summary: FileRunSummary) -> None:
         parts += ["--max-cost", _number(higher)]
     print(
         f"HINT: {summary.remaining:,} lines still need a success; to continue, run again "
-        f"with a higher cap (what OUTPUT already cost counts against it), e.g.:\n  "
+        "with a higher cap (what OUTPUT already cost counts against it; this one allows for "
+        "the lines left at the average cost so far), e.g.:\n  "
         f"{shlex.join(parts)}",
         file=sys.stderr,
     )
