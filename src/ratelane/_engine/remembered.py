@@ -70,8 +70,9 @@ class LimitRecall:
             return
         rpm = remembered.rpm * HEADROOM if remembered.rpm else None
         tpm = remembered.tpm * HEADROOM if remembered.tpm else None
-        if governor.assume_limits(rpm=rpm, tpm=tpm):
-            self._assumed = (governor.learned_rpm, governor.learned_tpm)
+        fans_out = governor.assume_limits(rpm=rpm, tpm=tpm)
+        self._assumed = (governor.learned_rpm, governor.learned_tpm)
+        if fans_out:
             logger.info(
                 "starting from remembered rate limits for %s (rpm %s, tpm %s, at %.0f%%) "
                 "without a probe; the server's headers correct them",
