@@ -96,6 +96,8 @@ async def run_ratelane(spec: dict[str, Any], bodies: list[dict[str, Any]]) -> di
         tpm=spec.get("tpm"),
         retry=retry,
         timeout_s=spec.get("timeout_s", 600.0),
+        # Every run starts cold unless a scenario asks (scenario_remembered).
+        remember_limits=spec.get("remember_limits", False),
     ) as client:
         if spec["variant"] == "ratelane_iter":
             # Results are dropped as they arrive, as a streaming consumer would.
@@ -172,6 +174,8 @@ VARIANTS = {"raw": run_raw, "ratelane": run_ratelane, "ratelane_iter": run_ratel
 def _cli_command(spec: dict[str, Any], input_path: Path, output_path: Path) -> list[str]:
     command = [sys.executable, "-m", "ratelane", "run", str(input_path), "-o", str(output_path)]
     command += spec.get("cli_args", [])
+    if not spec.get("remember_limits", False):
+        command.append("--no-remember-limits")  # every run starts cold
     return command
 
 
