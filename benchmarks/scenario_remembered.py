@@ -65,7 +65,9 @@ def run(ctx: Context) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ratelane-remembered-") as cache_dir:
         os.environ["RATELANE_CACHE_DIR"] = cache_dir  # the clients inherit it
         try:
-            with FakeServer(ctx.placement, latency=latency_s, seed=9) as server:
+            with FakeServer(
+                ctx.placement, latency=latency_s, seed=9, rpm="tier-5", tpm="tier-5"
+            ) as server:
                 figures["cold"] = _measure(ctx, server, "cold (nothing remembered)", requests)
                 figures["warm"] = _measure(ctx, server, "warm (limits remembered)", requests)
         finally:
@@ -106,6 +108,8 @@ def run(ctx: Context) -> dict[str, Any]:
         targets=targets,
         notes=[
             "the same server for both runs (tier-5 limits announced in headers); the warm run "
-            "starts at 90% of the remembered limits and the headers correct them"
+            "starts at 90% of the remembered limits and the headers correct them",
+            "a server that announces no limit leaves nothing to remember: both runs probe "
+            "(measured with --unlimited: 5.09 s and 5.06 s to the 50th request)",
         ],
     )
