@@ -289,7 +289,10 @@ class Run:
             if decision.verdict is not Verdict.SUCCESS:
                 self._act(state, decision, admitted_at)
         if breaker is not None:  # circuit breaker (issue 14)
-            self._report_to_circuit(breaker, state, decision, probe)
+            if probe or decision.verdict is not Verdict.SUCCESS:
+                self._report_to_circuit(breaker, state, decision, probe)
+            else:
+                breaker.record_success()
         self._log_attempt(state, decision, charge, self._clock() - began)
         return decision
 
