@@ -28,3 +28,4 @@ def test_the_quickstart_notebook_executes(tmp_path: Path) -> None:
     joined = "\n".join(outputs)
     assert "'succeeded': 1000" in joined
     assert "('completed', 100, 200, 300)" in joined
+    assert ", 50, 50)" in joined  # the spend/cache cell: 50 cache hits, 50 requests sent
