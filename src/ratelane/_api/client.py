@@ -16,7 +16,8 @@ from ratelane._core.errors import APIError, ConfigurationError, FatalError
 from ratelane._core.items import to_request
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
-from ratelane._engine.breaker import BreakerPolicy
+from ratelane._engine.breaker import BreakerPolicy, BreakerState
+from ratelane._engine.circuit import circuit_text
 from ratelane._engine.engine import Engine, NotSent, SleepFn
 from ratelane._http.transport import Transport
 from ratelane._http.wire import DEFAULT_BASE_URL, mask_key
@@ -287,9 +288,12 @@ class Client:
         defaults = options.body_defaults()
         collected: dict[int, Result] = {}
         with _progress_bar(bool(options.progress), items) as bar:
+            breaker = self.engine.breaker if options.progress else None
 
             async def sink(result: Result) -> None:
                 collected[result.index] = result
+                if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
+                    bar.set_postfix_str(f"circuit {circuit_text(breaker)}", refresh=False)
                 bar.update(1)
 
             try:

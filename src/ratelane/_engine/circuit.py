@@ -15,7 +15,7 @@ from __future__ import annotations
 from .breaker import BreakerState, CircuitBreaker
 from .retry import Decision, Verdict
 
-__all__ = ["is_outage", "report"]
+__all__ = ["circuit_text", "is_outage", "report"]
 
 
 def is_outage(decision: Decision) -> bool:
@@ -39,3 +39,13 @@ def report(breaker: CircuitBreaker, decision: Decision, *, probe: bool) -> tuple
     opened = breaker.opened
     breaker.record(failed=failed, probe=probe)
     return failed and breaker.state is not BreakerState.CLOSED, breaker.opened > opened
+
+
+def circuit_text(breaker: CircuitBreaker | None) -> str | None:
+    """For progress bars: ``open, probing in 12 s`` / ``half-open, probing``; ``None`` when
+    closed (or with no breaker)."""
+    if breaker is None or breaker.state is BreakerState.CLOSED:
+        return None
+    if breaker.state is BreakerState.HALF_OPEN:
+        return "half-open, probing"
+    return f"open, probing in {breaker.open_for_s:.0f} s"

@@ -40,6 +40,7 @@ from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
 from ratelane._engine.breaker import BreakerPolicy, CircuitBreaker
+from ratelane._engine.circuit import circuit_text
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
@@ -52,7 +53,7 @@ from .input import (
 )
 from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
-from .progress import Progress, circuit_text
+from .progress import Progress
 from .spent import spent_in_output
 from .validated import Fingerprint, load_report, save_report
 

@@ -9,10 +9,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ratelane._core.models import RunStats
-from ratelane._engine.breaker import BreakerState, CircuitBreaker
 from ratelane._limits.governor import RateGovernor
 
-__all__ = ["POSTFIX_INTERVAL_S", "Progress", "circuit_text", "compact_number", "progress_postfix"]
+__all__ = ["POSTFIX_INTERVAL_S", "Progress", "compact_number", "progress_postfix"]
 
 #: Seconds between updates of the progress bar's ok/failed/limits text.
 POSTFIX_INTERVAL_S = 0.25
@@ -62,15 +61,6 @@ def compact_number(value: float | None) -> str:
 LiveState = Callable[[], tuple[RunStats, RateGovernor] | None]
 #: The circuit breaker's state for the bar (``None``: closed or no breaker).
 CircuitState = Callable[[], str | None]
-
-
-def circuit_text(breaker: CircuitBreaker | None) -> str | None:
-    """``open, probing in 12 s`` / ``half-open, probing`` / ``None`` when closed."""
-    if breaker is None or breaker.state is BreakerState.CLOSED:
-        return None
-    if breaker.state is BreakerState.HALF_OPEN:
-        return "half-open, probing"
-    return f"open, probing in {breaker.open_for_s:.0f} s"
 
 
 class Progress:
