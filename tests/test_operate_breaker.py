@@ -22,11 +22,14 @@ MODEL = "gpt-4.1-mini"
 LINES = 120
 OUTAGE_S = 0.4
 RETRY = RetryPolicy(max_attempts=3, initial_wait_s=0.01, max_wait_s=0.04)
+SERVER_ERRORS = Faults(error_503=1.0)
 FAST_BREAKER = BreakerPolicy(min_failures=5, window_s=1.0, pause_s=0.05, max_pause_s=0.2)
 
 
-async def run_through_outage(breaker: BreakerPolicy | bool) -> ratelane.Results:
-    async with FakeOpenAI(rpm=None, tpm=None, faults=Faults(error_503=1.0), seed=3) as server:
+async def run_through_outage(
+    breaker: BreakerPolicy | bool, outage: Faults = SERVER_ERRORS
+) -> ratelane.Results:
+    async with FakeOpenAI(rpm=None, tpm=None, faults=outage, seed=3) as server:
         asyncio.get_running_loop().call_later(OUTAGE_S, server.set_faults, Faults())
         return await ratelane.arun_many(
             [f"line {n}" for n in range(LINES)],
@@ -40,11 +43,12 @@ async def run_through_outage(breaker: BreakerPolicy | bool) -> ratelane.Results:
         )
 
 
+@pytest.mark.parametrize("outage", [SERVER_ERRORS, Faults(reset=1.0)], ids=["503", "reset"])
 async def test_an_outage_opens_the_circuit_probes_closes_and_no_line_fails(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, outage: Faults
 ) -> None:
     caplog.set_level(logging.INFO, logger="ratelane")
-    results = await run_through_outage(FAST_BREAKER)
+    results = await run_through_outage(FAST_BREAKER, outage)
     assert all(result.ok for result in results)
     stats = results.stats
     assert stats.failed == 0

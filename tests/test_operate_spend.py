@@ -113,3 +113,19 @@ def test_the_dry_run_projection_is_the_range_from_no_output_to_every_cap(tmp_pat
     unknown = project_cost(source, {})
     assert unknown.priced == 0 and unknown.unpriced == {MODEL: LINES}
     assert "cost unknown" in unknown.describe()
+
+
+async def test_client_create_under_a_spent_cap_raises_a_fatal_error_naming_the_cap(
+    fake_openai: FakeOpenAI,
+) -> None:
+    async with ratelane.Client(
+        model=MODEL,
+        api_key=fake_openai.api_key,
+        base_url=fake_openai.base_url,
+        prices=PRICES,
+        max_cost=0.001,  # below one request's worst case
+    ) as client:
+        with pytest.raises(ratelane.FatalError) as stopped:
+            await client.create({"input": "hi", "max_output_tokens": 5})
+    assert stopped.value.reason == "max_cost"
+    assert fake_openai.ledger.total == 0

@@ -101,7 +101,8 @@ Exit codes:
   1    finished, but some lines failed permanently (see ERRORS; fix and resume)
   2    invalid input or usage, OUTPUT locked by another run, or no API key: nothing sent
   3    stopped early on a fatal error (invalid key, quota, a streak of identical
-       errors): fix the cause and run the same command again to resume
+       errors, the --max-cost cap): fix the cause (or raise the cap) and run the
+       same command again to resume
   130  interrupted (Ctrl-C / SIGTERM) and stopped cleanly: run the same command to resume
 """
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import TYPE_CHECKING, Any
 
 from ratelane._core.config import Price, RetryPolicy
+from ratelane._core.errors import FatalError
 from ratelane._core.models import Request, Result, RunStats, Usage
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS, estimate_input_tokens, output_budget
 from ratelane._http.transport import Transport
@@ -91,8 +92,19 @@ class Engine:
         return await self.new_run(max_concurrency=max_concurrency).drive(items, sink)
 
     async def execute(self, index: int, request: Request) -> Result:
-        """Send one request with retries, in a run of its own; never raises for HTTP failures."""
-        return await self.new_run(max_concurrency=1).execute(index, request)
+        """Send one request with retries, in a run of its own; never raises for HTTP failures.
+
+        Raises ``NotSent`` if it could not be sent, ``FatalError`` when that is because
+        the run had to stop first (the spend cap).
+        """
+        run = self.new_run(max_concurrency=1)
+        try:
+            return await run.execute(index, request)
+        except NotSent:
+            if run.fatal is None:
+                raise
+            reason, message = run.fatal  # not sent because of a stop (issue 14: spend cap)
+            raise FatalError(f"not sent: {message}", reason=reason, stats=run.stats) from None
 
     # -- learned per-model facts ---------------------------------------------------
     def known_drops(self, model: Any) -> set[str] | tuple[()]:
