@@ -33,6 +33,7 @@ import scenario_faults
 import scenario_gateway
 import scenario_huge_file
 import scenario_limit_change
+import scenario_outage
 import scenario_overhead
 import scenario_remembered
 import scenario_request_limit
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
         scenario_faults,
         scenario_gateway,
         scenario_remembered,
+        scenario_outage,
     )
 }
 

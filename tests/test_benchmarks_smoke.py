@@ -32,6 +32,7 @@ SCENARIOS = (
     "faults",
     "gateway",
     "remembered",
+    "outage",
 )
 
 

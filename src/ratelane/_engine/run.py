@@ -253,13 +253,11 @@ class Run:
         breaker = engine.breaker
         probe = False
         if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
-            probe = await self._wait_for_circuit()
-        try:
+            admitted_at, probe = await self._admit_through_circuit(charge)
+        else:
             admitted_at = await governor.admit(charge)
-        except BaseException:
-            if probe and breaker is not None:  # circuit breaker (issue 14)
-                breaker.abandon_probe()
-            raise
+            if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
+                admitted_at, probe = await self._admit_through_circuit(charge)  # opened meanwhile
         if self.stopping:
             # The run ended (fatal error or stop()) while this request queued for
             # admission: it was never sent, so it gets no Result at all.
@@ -455,6 +453,23 @@ class Run:
         if probe and self.engine.breaker is not None:
             self.engine.breaker.abandon_probe()
         return NotSent()
+
+    async def _admit_through_circuit(self, charge: int) -> tuple[float, bool]:
+        """The circuit is not closed: wait for it, then for admission; again if it opened
+        while this request queued for admission. ``(admitted at, probe)``.
+
+        The probe is sent at once, past the rate governor: one request per pause
+        cannot hurt the rate, and behind requests queued for admission before the
+        circuit opened it would wait for all of them.
+        """
+        breaker = self.engine.breaker
+        assert breaker is not None
+        while True:
+            if await self._wait_for_circuit():
+                return self._clock(), True
+            admitted_at = await self.engine.governor.admit(charge)
+            if breaker.state is BreakerState.CLOSED:
+                return admitted_at, False
 
     async def _wait_for_circuit(self) -> bool:
         """Wait while the circuit is open; True when this attempt is the probe."""
