@@ -57,6 +57,13 @@ class Client:
     organization and project headers, like the official SDK. ``rpm``/``tpm`` are
     ceilings; limits the server announces are learned on top.
 
+    Operating a run (issue 14; README "Operating a run"): ``prices`` (a table or a
+    JSON file's path, over the built-in table), ``max_cost`` (USD: a request is
+    sent only if the worst case of everything in flight still fits; per
+    ``async with``), ``breaker`` (a circuit breaker, on by default), ``cache`` (an
+    SQLite response cache file) and ``remember_limits`` (start from the limits
+    learned last time, on by default).
+
     Testing hooks, on the Client only: ``sleep`` is the backoff sleep (inject a
     virtual clock) and ``jitter_seed`` seeds the backoff jitter (``seed`` is a
     body field of chat completions).

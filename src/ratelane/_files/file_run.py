@@ -119,6 +119,8 @@ class FileRunOptions:
     ``OPENAI_API_KEY``, ``base_url`` to ``OPENAI_BASE_URL`` or OpenAI's.
     ``fsync_interval_s``: seconds between fsyncs of OUTPUT and ERRORS (0:
     after every line); ``progress``: a tqdm bar (a widget in notebooks).
+    ``max_cost``, ``breaker``, ``cache``, ``remember_limits``: as for ``run_many``
+    (issue 14); ``max_cost`` bounds what all of OUTPUT cost, earlier runs included.
     """
 
     model: str | None = None
