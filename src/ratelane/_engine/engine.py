@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ratelane._core.config import Price, RetryPolicy
 from ratelane._core.errors import FatalError
 from ratelane._core.models import Request, Result, RunStats, Usage
+from ratelane._core.prices import price_for
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS, estimate_input_tokens, output_budget
 from ratelane._http.transport import Transport
 from ratelane._limits.governor import RateGovernor
@@ -61,6 +62,7 @@ class Engine:
         self.policy = policy
         self.default_output_tokens = default_output_tokens
         self.prices = dict(prices or {})
+        self._price_memo: dict[str, Price | None] = {}
         self.sleep = sleep
         self.rng = rng or random.Random()
         self._dropped_by_model: dict[str, set[str]] = {}
@@ -129,6 +131,15 @@ class Engine:
         if not path.endswith("/embeddings"):
             charge += output_budget(body, self.default_output_tokens)
         return charge, estimate
+
+    def price_of(self, model: str) -> Price | None:
+        """``model``'s price in this engine's table (a dated snapshot takes its alias's),
+        remembered per model: no pattern match per result."""
+        try:
+            return self._price_memo[model]
+        except KeyError:
+            price = self._price_memo[model] = price_for(model, self.prices)
+            return price
 
     @property
     def input_ratio(self) -> float:

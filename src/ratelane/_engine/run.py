@@ -24,7 +24,6 @@ import orjson
 from ratelane._core.batch_line import default_custom_id
 from ratelane._core.errors import ConfigurationError, FatalError, TransportError
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
-from ratelane._core.prices import price_for
 from ratelane._http.wire import read_rate_limit_headers
 
 from . import cached, circuit, spending
@@ -394,7 +393,7 @@ class Run:
         stats.cached_tokens += usage.cached_tokens
         stats.output_tokens += usage.output_tokens
         stats.reasoning_tokens += usage.reasoning_tokens
-        price = price_for(str(state.body.get("model")), engine.prices)
+        price = engine.price_of(str(state.body.get("model")))
         if price is not None:
             cost = price.cost(
                 input_tokens=usage.input_tokens,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from ratelane._core.prices import price_for, worst_case_cost
+from ratelane._core.prices import worst_case_cost
 from ratelane._core.tokens import output_budget
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ __all__ = ["reserve", "worst_case_of"]
 def worst_case_of(engine: Engine, body: Any, path: str, input_estimate: int) -> float | None:
     """The most this request can cost in USD, or ``None`` when its model has no price."""
     model = body.get("model")
-    price = price_for(model, engine.prices) if isinstance(model, str) else None
+    price = engine.price_of(model) if isinstance(model, str) else None
     if price is None:
         return None
     input_tokens = math.ceil(input_estimate * max(1.0, engine.input_ratio))
