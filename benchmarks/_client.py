@@ -97,6 +97,9 @@ async def run_ratelane(spec: dict[str, Any], bodies: list[dict[str, Any]]) -> di
         tpm=spec.get("tpm"),
         retry=retry,
         timeout_s=spec.get("timeout_s", 600.0),
+        # Every run starts cold unless a scenario asks (scenario_remembered).
+        remember_limits=spec.get("remember_limits", False),
+        breaker=spec.get("breaker", True),
     ) as client:
         if spec["variant"] == "ratelane_iter":
             # Results are dropped as they arrive, as a streaming consumer would.
@@ -112,10 +115,12 @@ async def run_ratelane(spec: dict[str, Any], bodies: list[dict[str, Any]]) -> di
                     stats.failed += 1
                     errors[_error_code(result)] += 1
             stats.cooldowns = client.engine.governor.cooldowns
+            most = None
         else:
             results = await client.run_many(bodies)
             errors.update(_error_code(result) for result in results if not result.ok)
             stats = results.stats
+            most = max((result.attempts for result in results), default=0)
         governor = client.engine.governor
         learned = {"learned_rpm": governor.learned_rpm, "learned_tpm": governor.learned_tpm}
     return {
@@ -128,6 +133,7 @@ async def run_ratelane(spec: dict[str, Any], bodies: list[dict[str, Any]]) -> di
         "latency_p50_s": stats.latency_percentile(50),
         "latency_p99_s": stats.latency_percentile(99),
         "errors": dict(errors),
+        "max_attempts": most,
         **learned,
     }
 
@@ -178,6 +184,8 @@ def _cli_command(spec: dict[str, Any], input_path: Path, output_path: Path) -> l
         return [sys.executable, str(RAW_FILE_SCRIPT), str(input_path), str(output_path)]
     command = [sys.executable, "-m", "ratelane", "run", str(input_path), "-o", str(output_path)]
     command += spec.get("cli_args", [])
+    if not spec.get("remember_limits", False):
+        command.append("--no-remember-limits")  # every run starts cold
     return command
 
 

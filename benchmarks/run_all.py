@@ -34,7 +34,9 @@ import scenario_faults
 import scenario_gateway
 import scenario_huge_file
 import scenario_limit_change
+import scenario_outage
 import scenario_overhead
+import scenario_remembered
 import scenario_request_limit
 import scenario_token_limit
 from _bench import BENCH_DIR, Context, Placement, use_one_process
@@ -51,6 +53,8 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
         scenario_faults,
         scenario_gateway,
         scenario_batch,  # Batch API mode (issue 11)
+        scenario_remembered,
+        scenario_outage,
     )
 }
 

@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from _inprocess_cli import InProcessCli
 from ratelane.testing import fake_openai
 
-__all__ = ["fake_openai", "in_process_cli"]
+__all__ = ["fake_openai", "in_process_cli", "isolated_cache_dir"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Remembered rate limits go to a fresh directory per test, never the user's cache."""
+    folder = tmp_path_factory.mktemp("ratelane-cache")
+    monkeypatch.setenv("RATELANE_CACHE_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture

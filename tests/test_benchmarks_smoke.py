@@ -32,6 +32,8 @@ SCENARIOS = (
     "faults",
     "gateway",
     "batch",
+    "remembered",
+    "outage",
 )
 
 

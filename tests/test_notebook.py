@@ -29,3 +29,4 @@ def test_the_quickstart_notebook_executes(tmp_path: Path) -> None:
     assert "'succeeded': 1000" in joined
     assert "('completed', 100, 200, 300)" in joined
     assert "('streamed', 'completed', True)" in joined  # Streaming (issue 12)
+    assert ", 50, 50)" in joined  # the spend/cache cell: 50 cache hits, 50 requests sent

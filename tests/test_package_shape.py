@@ -14,6 +14,7 @@ PUBLIC = [
     "APIError",
     "BatchJob",
     "BatchRunOptions",
+    "BreakerPolicy",
     "Client",
     "ConfigurationError",
     "ErrorInfo",

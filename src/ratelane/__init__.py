@@ -26,6 +26,7 @@ from ._core.errors import (
     TransportError,
 )
 from ._core.models import ErrorInfo, Request, Result, RunStats, Usage
+from ._engine.breaker import BreakerPolicy
 from ._engine.retry import backoff_wait
 from ._files.batch_job import BatchJob, asubmit_batch, submit_batch
 from ._files.batch_options import BatchRunOptions
@@ -45,6 +46,7 @@ __all__ = [
     "APIError",
     "BatchJob",
     "BatchRunOptions",
+    "BreakerPolicy",
     "Client",
     "ConfigurationError",
     "ErrorInfo",

@@ -11,20 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ratelane._core.config import Price, Profile, RetryPolicy
+from ratelane._core.config import Profile, RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError
 from ratelane._core.items import to_request
 from ratelane._core.models import Request, Result, RunStats
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.breaker import BreakerPolicy, BreakerState
 from ratelane._engine.chains import previous_id
+from ratelane._engine.circuit import circuit_text
 from ratelane._engine.engine import Engine, NotSent, SleepFn
 from ratelane._http.transport import Transport
 from ratelane._http.wire import DEFAULT_BASE_URL, mask_key
 from ratelane._limits.governor import RateGovernor
 
+from . import operating
 from .background import BackgroundOption
 from .feed import Items, run_items
-from .options import RunOptions, check_body_fields, run_options
+from .options import Prices, RunOptions, check_body_fields, run_options
 from .streaming import api_error, stream_events
 
 if TYPE_CHECKING:
@@ -57,6 +60,13 @@ class Client:
     organization and project headers, like the official SDK. ``rpm``/``tpm`` are
     ceilings; limits the server announces are learned on top.
 
+    Operating a run (issue 14; README "Operating a run"): ``prices`` (a table or a
+    JSON file's path, over the built-in table), ``max_cost`` (USD: a request is
+    sent only if the worst case of everything in flight still fits; per
+    ``async with``), ``breaker`` (a circuit breaker, on by default), ``cache`` (an
+    SQLite response cache file) and ``remember_limits`` (start from the limits
+    learned last time, on by default).
+
     Testing hooks, on the Client only: ``sleep`` is the backoff sleep (inject a
     virtual clock) and ``jitter_seed`` seeds the backoff jitter (``seed`` is a
     body field of chat completions).
@@ -82,7 +92,11 @@ class Client:
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
         default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-        prices: Mapping[str, Price] | None = None,
+        prices: Prices = None,
+        max_cost: float | None = None,
+        breaker: BreakerPolicy | bool = True,
+        cache: str | os.PathLike[str] | None = None,
+        remember_limits: bool = True,
         sleep: SleepFn = asyncio.sleep,
         jitter_seed: int | None = None,
         stream: bool = False,
@@ -129,7 +143,20 @@ class Client:
         self._rpm = rpm
         self._tpm = tpm
         self._default_output_tokens = default_output_tokens
-        self._prices = prices
+        # Operating a run (issue 14): checked here, built per ``async with`` (operating.py).
+        self._operating = operating.Operating(
+            prices=prices,
+            max_cost=max_cost,
+            breaker=breaker,
+            cache=cache,
+            remember_limits=remember_limits,
+            identity=(
+                self.base_url,
+                key,
+                organization or os.environ.get("OPENAI_ORG_ID"),
+                project or os.environ.get("OPENAI_PROJECT_ID"),
+            ),
+        )
         self._sleep = sleep
         self._seed = jitter_seed
         self._engine: Engine | None = None
@@ -148,9 +175,10 @@ class Client:
             RateGovernor(rpm=self._rpm, tpm=self._tpm),
             self.retry,
             default_output_tokens=self._default_output_tokens,
-            prices=self._prices,
+            prices=self._operating.prices,
             sleep=self._sleep,
             rng=random.Random(self._seed),
+            **self._operating.open(),
         )
         return self
 
@@ -161,6 +189,8 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self._transport.__aexit__(exc_type, exc, tb)
+        if self._engine is not None:
+            self._operating.close(self._engine)  # issue 14: save limits, close the cache
         self._engine = None
 
     @property
@@ -298,9 +328,12 @@ class Client:
         defaults = options.body_defaults()
         collected: dict[int, Result] = {}
         with _progress_bar(bool(options.progress), items) as bar:
+            breaker = self.engine.breaker if options.progress else None
 
             async def sink(result: Result) -> None:
                 collected[result.index] = result
+                if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
+                    bar.set_postfix_str(f"circuit {circuit_text(breaker)}", refresh=False)
                 bar.update(1)
 
             try:

@@ -13,12 +13,13 @@ import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ratelane._core.config import Price, Profile, RetryPolicy
+from ratelane._core.config import Profile, RetryPolicy
 from ratelane._core.models import Result
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.breaker import BreakerPolicy
 
 from .client import Client, Items, Results
-from .options import client_arguments
+from .options import Prices, client_arguments
 from .streaming import in_thread
 
 if TYPE_CHECKING:
@@ -48,7 +49,11 @@ def run_many(
     timeout_s: float = 600.0,
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    remember_limits: bool = True,
     stream: bool = False,
     background: bool = False,
     journal: str | os.PathLike[str] | None = None,
@@ -88,7 +93,11 @@ async def arun_many(
     timeout_s: float = 600.0,
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    remember_limits: bool = True,
     stream: bool = False,
     background: bool = False,
     journal: str | os.PathLike[str] | None = None,
@@ -125,7 +134,11 @@ def iter_results(
     timeout_s: float = 600.0,
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    remember_limits: bool = True,
     stream: bool = False,
     background: bool = False,
     journal: str | os.PathLike[str] | None = None,
@@ -169,7 +182,11 @@ def stream(
     timeout_s: float = 600.0,
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    remember_limits: bool = True,
     **fields: Unpack[BodyFields],
 ) -> Iterator[dict[str, Any]]:
     """Stream one request from synchronous code (a script, a notebook cell).

@@ -23,16 +23,22 @@ from ratelane._core.config import PROFILES, Price, Profile, RetryPolicy
 from ratelane._core.errors import ConfigurationError
 from ratelane._core.items import KNOWN_BODY_FIELDS, BodyDefaults
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+from ratelane._engine.breaker import BreakerPolicy
 
 __all__ = [
     "BodyFields",
     "ClientOptions",
+    "Prices",
     "RunOptions",
     "check_body_fields",
     "client_arguments",
     "option_names",
     "run_options",
 ]
+
+
+#: A price table, or the path of a JSON file of prices over the built-in table.
+Prices = Mapping[str, Price] | str | os.PathLike[str] | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,7 +56,13 @@ class ClientOptions:
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
-    prices: Mapping[str, Price] | None = None
+    prices: Prices = None
+    # Operating a run (issue 14): spend cap (USD), circuit breaker (True: the default
+    # policy, False: off), response cache file, remembered rate limits.
+    max_cost: float | None = None
+    breaker: BreakerPolicy | bool = True
+    cache: str | os.PathLike[str] | None = None
+    remember_limits: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -197,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
             base_url=server.base_url,
             max_concurrency=DEMO_MAX_CONCURRENCY,
             progress=not args.no_progress and sys.stderr.isatty(),
+            remember_limits=False,  # a throwaway server: nothing worth remembering
         )
         code = run_batch(settings, api_key=server.api_key)
     if output_path.exists():

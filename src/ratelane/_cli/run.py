@@ -29,9 +29,11 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
+from ratelane._api.operating import price_table
 from ratelane._core.argtypes import positive_float, positive_int
 from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, InputError, OutputLockedError
+from ratelane._core.prices import PRICES_AS_OF
 from ratelane._files.batch_options import BatchRunOptions
 from ratelane._files.checkpoint import DoneSet
 from ratelane._files.file_run import (
@@ -49,11 +51,19 @@ from ratelane._files.file_run import (
     empty_input,
 )
 from ratelane._files.input import iter_batch_requests
+from ratelane._files.projection import project_cost
 from ratelane._http.wire import DEFAULT_BASE_URL
 
 from .batch_flags import add_batch_flags, batch_flag_words, batch_settings, detached_message
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .summary import RunSummary, format_summary, stop_cause
+from .summary import (
+    RunSummary,
+    failure_advice,
+    format_summary,
+    raised_cap,
+    spent_text,
+    stop_cause,
+)
 
 __all__ = [
     "GRACE_S",
@@ -94,7 +104,8 @@ Exit codes:
   1    finished, but some lines failed permanently (see ERRORS; fix and resume)
   2    invalid input or usage, OUTPUT locked by another run, or no API key: nothing sent
   3    stopped early on a fatal error (invalid key, quota, a streak of identical
-       errors): fix the cause and run the same command again to resume
+       errors, the --max-cost cap): fix the cause (or raise the cap) and run the
+       same command again to resume
   130  interrupted (Ctrl-C / SIGTERM) and stopped cleanly: run the same command to resume
 """
 
@@ -130,6 +141,13 @@ class RunSettings:
     batch: BatchRunOptions | None = None
     background: bool = False  # background mode (issue 12)
     cancel_on_exit: bool = False
+    # Operating a run (issue 14): --prices, --max-cost, --cache, --no-breaker,
+    # --no-remember-limits.
+    prices_path: Path | None = None
+    max_cost: float | None = None
+    cache_path: Path | None = None
+    breaker: bool = True
+    remember_limits: bool = True
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -210,7 +228,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add(
         "--dry-run",
         action="store_true",
-        help="validate INPUT, count lines and estimated tokens; send nothing",
+        help="validate INPUT, count lines and estimated tokens, project the cost; send nothing",
     )
     add_batch_flags(parser)  # Batch API mode (issue 11)
     # Background mode (issue 12)
@@ -226,8 +244,48 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="on Ctrl-C/SIGTERM, cancel background responses still running "
         "(default: leave them running; the resume re-attaches)",
     )
+    _add_operating_flags(add)
     parser.set_defaults(handler=run)
     return parser
+
+
+def _add_operating_flags(add: Any) -> None:
+    """Issue 14's flags: spend, cache, breaker, remembered limits."""
+    add(
+        "--prices",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help='JSON prices over the built-in table: {"model": {"input": 0.4, '
+        '"cached_input": 0.1, "output": 1.6}} (USD per 1M tokens)',
+    )
+    add(
+        "--max-cost",
+        metavar="USD",
+        type=positive_float,
+        default=None,
+        help="stop (exit 3, resumable) before what OUTPUT has cost could pass USD",
+    )
+    add(
+        "--cache",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="SQLite response cache: identical requests are answered from it, not sent "
+        "(for deterministic prompts)",
+    )
+    add(
+        "--no-breaker",
+        action="store_true",
+        help="no circuit breaker (by default an outage pauses the run instead of "
+        "spending attempts)",
+    )
+    add(
+        "--no-remember-limits",
+        action="store_true",
+        help="neither use nor save the rate limits learned by earlier runs "
+        "(kept in $RATELANE_CACHE_DIR or ~/.cache/ratelane/limits.json)",
+    )
 
 
 def _number(value: float) -> str:
@@ -253,6 +311,9 @@ def resume_command(args: argparse.Namespace) -> str:
         ("--tpm", args.tpm),
         ("--max-attempts", args.max_attempts),
         ("--timeout", args.timeout),
+        ("--prices", args.prices),
+        ("--max-cost", args.max_cost),
+        ("--cache", args.cache),
     ]
     for flag, value in options:
         if value is None:
@@ -264,7 +325,11 @@ def resume_command(args: argparse.Namespace) -> str:
     for flag, on in (("--background", args.background), ("--cancel-on-exit", args.cancel_on_exit)):
         if on:  # background mode (issue 12)
             parts.append(flag)
+    parts += [flag for flag, on in _OFF_FLAGS if getattr(args, on)]
     return shlex.join(parts)
+
+
+_OFF_FLAGS = (("--no-breaker", "no_breaker"), ("--no-remember-limits", "no_remember_limits"))
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
@@ -285,6 +350,11 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         **batch_settings(args),  # Batch API mode (issue 11)
         background=args.background,
         cancel_on_exit=args.cancel_on_exit,
+        prices_path=args.prices,
+        max_cost=args.max_cost,
+        cache_path=args.cache,
+        breaker=not args.no_breaker,
+        remember_limits=not args.no_remember_limits,
     )
 
 
@@ -344,8 +414,29 @@ def _dry_run(settings: RunSettings) -> int:
             f'warning: {missing_model:,} of them have no "model" in their body and would '
             "fail. HINT: pass --model M"
         )
+    try:  # the projected cost range (issue 14)
+        print(_projection(settings, done))
+    except ConfigurationError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
     print("dry run: nothing was sent")
     return EXIT_OK
+
+
+def _projection(settings: RunSettings, done: DoneSet) -> str:
+    projection = project_cost(
+        settings.input_path,
+        price_table(settings.prices_path),
+        skip=done.__contains__ if len(done) else None,
+        default_model=settings.model,
+    )
+    text = projection.describe() + f" (built-in prices as of {PRICES_AS_OF})"
+    if settings.max_cost is not None and projection.high_usd > settings.max_cost:
+        text += (
+            f"\nnote: --max-cost ${settings.max_cost:,.4f} is below the high end: the run may "
+            "stop there (exit 3), resumable with a higher cap"
+        )
+    return text
 
 
 def _report_invalid(exc: InvalidInputError) -> None:
@@ -379,6 +470,11 @@ def run_batch(settings: RunSettings, *, api_key: str) -> int:
             batch=settings.batch,
             background=settings.background,
             cancel_on_exit=settings.cancel_on_exit,
+            prices=settings.prices_path,
+            max_cost=settings.max_cost,
+            cache=settings.cache_path,
+            breaker=settings.breaker,
+            remember_limits=settings.remember_limits,
         )
     except ConfigurationError as exc:
         _say(str(exc))
@@ -478,6 +574,14 @@ def _print_hint(settings: RunSettings, hint: str) -> None:
 def _finish(settings: RunSettings, summary: FileRunSummary) -> int:
     hint: str | None = None
     reason = summary.reason
+    if reason is ExitReason.FATAL and summary.stop_reason == "max_cost":  # issue 14
+        headline = (
+            f"stopped at the spend cap: {spent_text(summary.spent_usd, summary.max_cost_usd)}"
+        )
+        code = EXIT_FATAL
+        _print_summary(summary, headline)
+        _print_raised_cap(settings, summary)
+        return code
     if reason is ExitReason.FATAL:
         label, cause = stop_cause(summary.stop_reason, summary.stop_status)
         headline = f"stopped early ({label}): {summary.stop_message}"
@@ -491,23 +595,45 @@ def _finish(settings: RunSettings, summary: FileRunSummary) -> int:
         code = EXIT_INTERRUPTED
         hint = "run the same command again to resume"
     elif reason is ExitReason.SOME_FAILED:
-        failed = summary.failed
-        headline = (
-            f"finished: {failed:,} {'line' if failed == 1 else 'lines'} "
-            "failed permanently (see ERRORS)"
-        )
+        headline, hint = failure_advice(summary.failed, summary.stats.failed_transient)
         code = EXIT_FAILED
-        hint = "fix those lines in INPUT, then run the same command again to retry only them"
     elif summary.stats.completed == 0:
         headline = "nothing to do: every line already has a success in OUTPUT"
         code = EXIT_OK
     else:
         headline = "done: every line succeeded"
         code = EXIT_OK
-    print(format_summary(RunSummary.of(summary, headline=f"ratelane: {headline}")), file=sys.stderr)
+    _print_summary(summary, headline)
     if hint is not None:
         _print_hint(settings, hint)
     return code
+
+
+def _print_summary(summary: FileRunSummary, headline: str) -> None:
+    print(format_summary(RunSummary.of(summary, headline=f"ratelane: {headline}")), file=sys.stderr)
+
+
+def _print_raised_cap(settings: RunSettings, summary: FileRunSummary) -> None:
+    """The spend cap stopped the run: show how to continue with a higher one."""
+    command = settings.resume_command
+    if command is None:
+        return
+    cap = summary.max_cost_usd or 0.0
+    done = summary.skipped + summary.succeeded
+    higher = raised_cap(cap, summary.spent_usd or 0.0, done=done, remaining=summary.remaining)
+    parts = shlex.split(command)
+    if "--max-cost" in parts:
+        parts[parts.index("--max-cost") + 1] = _number(higher)
+    else:
+        parts += ["--max-cost", _number(higher)]
+    print(
+        f"HINT: {summary.remaining:,} lines still need a success; to continue, run again "
+        "with a higher cap (what OUTPUT already cost counts against it; this one allows for "
+        "the lines left at the average cost so far), e.g.:\n  "
+        f"{shlex.join(parts)}",
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
 
 
 class _TqdmHandler(logging.Handler):

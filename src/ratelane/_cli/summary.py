@@ -12,12 +12,17 @@ from ratelane._core.models import LatencySample, RunStats
 from ratelane._files.file_run import FileRunSummary
 from ratelane._files.progress import compact_number, progress_postfix
 
+from .operating import failure_advice, operating_rows, raised_cap, spent_text
+
 __all__ = [
     "LatencySample",
     "RunSummary",
     "compact_number",
+    "failure_advice",
     "format_summary",
     "progress_postfix",
+    "raised_cap",
+    "spent_text",
     "stop_cause",
 ]
 
@@ -39,6 +44,7 @@ _REASON_CAUSES: dict[str, tuple[str, str]] = {
     "invalid_api_key": _STATUS_CAUSES[401],
     "insufficient_quota": _STATUS_CAUSES[429],
     "billing_hard_limit_reached": ("spending limit reached", "raise the account's spending limit"),
+    "max_cost": ("spend cap reached", "raise --max-cost (max_cost=)"),
     "error_streak": (
         "a streak of identical errors",
         "read the errors file to see why every request failed the same way",
@@ -112,6 +118,10 @@ class RunSummary:
     errors_path: Path
     learned_rpm: float | None = None
     learned_tpm: float | None = None
+    # Operating a run (issue 14).
+    spent_usd: float | None = None
+    max_cost_usd: float | None = None
+    cache_problem: str | None = None
 
     @classmethod
     def of(cls, run: FileRunSummary, *, headline: str) -> RunSummary:
@@ -125,6 +135,9 @@ class RunSummary:
             errors_path=run.errors_path,
             learned_rpm=run.learned_rpm,
             learned_tpm=run.learned_tpm,
+            spent_usd=run.spent_usd,
+            max_cost_usd=run.max_cost_usd,
+            cache_problem=run.cache_problem,
         )
 
 
@@ -166,6 +179,12 @@ def format_summary(summary: RunSummary) -> str:
         )
     if stats.cost_usd is not None:
         rows.append(("cost", f"about ${stats.cost_usd:,.4f}"))
+    rows += operating_rows(  # issue 14
+        stats,
+        spent_usd=summary.spent_usd,
+        max_cost_usd=summary.max_cost_usd,
+        cache_problem=summary.cache_problem,
+    )
     limits = ""
     if summary.learned_rpm is not None or summary.learned_tpm is not None:
         limits = (

@@ -145,6 +145,8 @@ class Result:
     dropped_params: tuple[str, ...] = ()
     path: str = "/v1/responses"
     request_id_header: str | None = None
+    #: Answered from the response cache without sending (issue 14).
+    cached: bool = False
     _parsed: Any = field(default=_UNPARSED, init=False, repr=False, compare=False)
     # Streaming (issue 12): seconds from sending to the first output delta (streamed runs only).
     ttft_s: float | None = None
@@ -228,6 +230,12 @@ class RunStats:
     cost_usd: float | None = None
     # Streaming (issue 12): times to first token of streamed requests, a bounded sample.
     ttfts_s: array[float] = field(default_factory=lambda: LatencySample(), repr=False)
+    # Operating a run (issue 14): failures that were transient (5xx, timeouts,
+    # connection errors after every attempt), answers from the response cache,
+    # and how many times the circuit breaker opened during the run.
+    failed_transient: int = 0
+    cache_hits: int = 0
+    circuit_opens: int = 0
 
     @property
     def completed(self) -> int:

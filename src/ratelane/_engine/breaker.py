@@ -18,6 +18,10 @@ does not need fifty requests to notice::
     open when  failures >= min_failures  and  failures / outcomes >= failure_share
                (both counted over the last ``window_s`` seconds)
 
+Outcomes are counted in ``BUCKETS`` slices of the window (a slice is
+forgotten whole once it is older than the window), so a success costs a
+clock read and two additions on the hot path, not an entry per request.
+
 Waiting never polls: callers wait on one ``asyncio.Event`` that a single
 ``loop.call_at`` timer (or the probe's outcome) sets, so a virtual-time event
 loop runs minutes of outage in milliseconds.
@@ -28,12 +32,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ratelane._core.errors import ConfigurationError
 
-__all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker"]
+__all__ = ["BUCKETS", "BreakerPolicy", "BreakerState", "CircuitBreaker"]
+
+#: Slices of the window that outcomes are counted in.
+BUCKETS = 16
 
 logger = logging.getLogger("ratelane")
 
@@ -78,7 +87,11 @@ class CircuitBreaker:
         self.policy = policy or BreakerPolicy()
         self.state = BreakerState.CLOSED
         self.opened = 0  # how many times the circuit opened
-        self._outcomes: deque[tuple[float, bool]] = deque()  # (time, failed)
+        # [slice start, outcomes, failures] per slice of the window, oldest first.
+        self._buckets: deque[list[float]] = deque()
+        self._bucket_s = self.policy.window_s / BUCKETS
+        self._bucket_end = -math.inf  # the newest slice takes outcomes until then
+        self._count = 0
         self._failures = 0
         self._pause_s = self.policy.pause_s
         self._open_until = 0.0
@@ -86,16 +99,19 @@ class CircuitBreaker:
         self._closed = asyncio.Event()
         self._closed.set()
         self._timer: asyncio.TimerHandle | None = None
+        self._clock: Callable[[], float] | None = None
 
     def __repr__(self) -> str:
         return (
             f"<CircuitBreaker {self.state.value} opened={self.opened} "
-            f"failures_in_window={self._failures}/{len(self._outcomes)} pause={self._pause_s:g}s>"
+            f"failures_in_window={self._failures}/{self._count} pause={self._pause_s:g}s>"
         )
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    def _now(self) -> float:
+        clock = self._clock
+        if clock is None:  # the loop's clock, looked up once: a breaker serves one loop
+            clock = self._clock = asyncio.get_running_loop().time
+        return clock()
 
     @property
     def open_for_s(self) -> float:
@@ -138,19 +154,45 @@ class CircuitBreaker:
             else:
                 self._close()
             return
-        self._outcomes.append((now, failed))
-        self._failures += failed
+        bucket = self._bucket(now)
+        bucket[1] += 1
+        self._count += 1
+        if failed:
+            bucket[2] += 1
+            self._failures += 1
+            if self.state is BreakerState.CLOSED and self._tripped():
+                self._open(now, grow=False)
+
+    def record_success(self) -> None:
+        """``record(failed=False)`` for a success that is not the probe: the hot path."""
+        if self.state is BreakerState.HALF_OPEN:
+            self.record(failed=False)
+            return
+        now = self._now()
+        bucket = self._buckets[-1] if now < self._bucket_end else self._bucket(now)
+        bucket[1] += 1
+        self._count += 1
+
+    def _bucket(self, now: float) -> list[float]:
+        """The slice counting outcomes at ``now``; slices older than the window are dropped."""
+        buckets = self._buckets
+        if now < self._bucket_end:
+            return buckets[-1]
         horizon = now - self.policy.window_s
-        while self._outcomes and self._outcomes[0][0] < horizon:
-            self._failures -= self._outcomes.popleft()[1]
-        if self.state is BreakerState.CLOSED and self._tripped():
-            self._open(now, grow=False)
+        while buckets and buckets[0][0] < horizon:
+            _, count, failures = buckets.popleft()
+            self._count -= int(count)
+            self._failures -= int(failures)
+        bucket = [now, 0, 0]
+        buckets.append(bucket)
+        self._bucket_end = now + self._bucket_s
+        return bucket
 
     def _tripped(self) -> bool:
         policy = self.policy
         return (
             self._failures >= policy.min_failures
-            and self._failures >= policy.failure_share * len(self._outcomes)
+            and self._failures >= policy.failure_share * self._count
         )
 
     def _open(self, now: float, *, grow: bool) -> None:
@@ -160,7 +202,9 @@ class CircuitBreaker:
         self.opened += 1
         self._closed.clear()
         self._open_until = now + self._pause_s
-        self._outcomes.clear()
+        self._buckets.clear()
+        self._bucket_end = -math.inf
+        self._count = 0
         self._failures = 0
         if self._timer is not None:
             self._timer.cancel()

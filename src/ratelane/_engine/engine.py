@@ -14,16 +14,24 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ratelane._core.config import Price, RetryPolicy
+from ratelane._core.errors import FatalError
 from ratelane._core.models import Request, Result, RunStats, Usage
+from ratelane._core.prices import price_for
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS, estimate_input_tokens, output_budget
 from ratelane._http.transport import Transport
 from ratelane._limits.governor import RateGovernor
 
+from .breaker import CircuitBreaker
+from .remembered import LimitRecall
 from .run import Item, NotSent, Run, Sink
+from .spend import SpendCap
 from .stream import EventListener
+
+if TYPE_CHECKING:
+    from ratelane._state.response_cache import ResponseCache
 
 __all__ = ["Engine", "Item", "NotSent", "Run", "Sink", "SleepFn"]
 
@@ -45,18 +53,31 @@ class Engine:
         prices: Mapping[str, Price] | None = None,
         sleep: SleepFn = asyncio.sleep,
         rng: random.Random | None = None,
+        spend: SpendCap | None = None,
+        breaker: CircuitBreaker | None = None,
+        cache: ResponseCache | None = None,
+        recall: LimitRecall | None = None,
     ) -> None:
         self.transport = transport
         self.governor = governor
         self.policy = policy
         self.default_output_tokens = default_output_tokens
         self.prices = dict(prices or {})
+        self._price_memo: dict[str, Price | None] = {}
         self.sleep = sleep
         self.rng = rng or random.Random()
         self._dropped_by_model: dict[str, set[str]] = {}
         self._input_ratio = 1.0
         #: A typical request's token charge, for the governor's discovery.
         self.typical_tokens = 0
+        # Operating a run (issue 14), each None when off: the spend cap, the circuit
+        # breaker, the response cache, and the remembered limits (``recall`` stays for
+        # saving at close; ``seed_limits`` is cleared once the first request seeded them).
+        self.spend = spend
+        self.breaker = breaker
+        self.cache = cache
+        self.recall = recall
+        self.seed_limits: LimitRecall | None = recall
 
     # -- runs -------------------------------------------------------------------
     def new_run(self, *, max_concurrency: int, stream: bool = False) -> Run:
@@ -82,8 +103,17 @@ class Engine:
         """Send one request with retries, in a run of its own; never raises for HTTP failures.
 
         With ``events`` (Streaming, issue 12) the request streams, each event handed to it.
+        Raises ``NotSent`` if it could not be sent, ``FatalError`` when that is because
+        the run had to stop first (the spend cap).
         """
-        return await self.new_run(max_concurrency=1).execute(index, request, events=events)
+        run = self.new_run(max_concurrency=1)
+        try:
+            return await run.execute(index, request, events=events)
+        except NotSent:
+            if run.fatal is None:
+                raise
+            reason, message = run.fatal  # not sent because of a stop (issue 14: spend cap)
+            raise FatalError(f"not sent: {message}", reason=reason, stats=run.stats) from None
 
     # -- learned per-model facts ---------------------------------------------------
     def known_drops(self, model: Any) -> set[str] | tuple[()]:
@@ -108,6 +138,20 @@ class Engine:
         if not path.endswith("/embeddings"):
             charge += output_budget(body, self.default_output_tokens)
         return charge, estimate
+
+    def price_of(self, model: str) -> Price | None:
+        """``model``'s price in this engine's table (a dated snapshot takes its alias's),
+        remembered per model: no pattern match per result."""
+        try:
+            return self._price_memo[model]
+        except KeyError:
+            price = self._price_memo[model] = price_for(model, self.prices)
+            return price
+
+    @property
+    def input_ratio(self) -> float:
+        """Observed input tokens per estimated token (at least 1), for worst-case costs."""
+        return self._input_ratio
 
     def learn_usage(self, usage: Usage, *, charged: int, input_estimate: int) -> None:
         if input_estimate > 0 and usage.input_tokens > 0:

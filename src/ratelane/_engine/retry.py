@@ -430,6 +430,7 @@ def retrying(
     sleep: Callable[[float], Awaitable[None]],
     rng: random.Random,
     stopped: Callable[[], bool],
+    forgiven: Callable[[], int] | None = None,
 ) -> AsyncRetrying:
     """The tenacity loop for one request whose first Decision asked for a retry.
 
@@ -438,11 +439,16 @@ def retrying(
     ``policy.deadline_s`` from the first attempt. Waits :func:`backoff_wait`
     with the server's delay as a floor, and nothing after a dropped parameter.
     Returns the last Decision instead of raising when it gives up.
+    ``forgiven()`` counts attempts that do not count against ``max_attempts``
+    (failures the circuit breaker blamed on an outage).
     """
     give_up_after = stop_after_attempt(policy.max_attempts)
 
     def stop(state: RetryCallState) -> bool:
-        if stopped() or give_up_after(state):
+        if forgiven is not None:
+            if stopped() or state.attempt_number - forgiven() >= policy.max_attempts:
+                return True
+        elif stopped() or give_up_after(state):
             return True
         if policy.deadline_s is None:
             return False

@@ -26,7 +26,9 @@ from ratelane._core.errors import ConfigurationError, FatalError, TransportError
 from ratelane._core.models import ErrorInfo, Request, Result, RunStats, Usage
 from ratelane._http.wire import read_rate_limit_headers
 
+from . import cached, circuit, spending
 from .background import Background, Journal, store_false_refusal
+from .breaker import BreakerState
 from .retry import (
     Decision,
     Verdict,
@@ -39,6 +41,7 @@ from .retry import (
 from .stream import EventListener, StreamState, stream_attempt, streamed_body, with_ttft
 
 if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
     from .engine import Engine
 
 __all__ = ["EARLY_STREAK", "Item", "NotSent", "Run", "Sink"]
@@ -72,6 +75,14 @@ class _State:
     attempts: int = 0
     dropped: list[str] = field(default_factory=list)
     stream: StreamState | None = None  # Streaming (issue 12): set when this request streams
+    # Operating a run (issue 14): the spend reserved for this request and what it
+    # cost; attempts the circuit breaker forgave (failures during an outage).
+    reserved_usd: float = 0.0
+    cost_usd: float = 0.0
+    forgiven: int = 0
+
+    def forgiven_attempts(self) -> int:
+        return self.forgiven
 
 
 class Run:
@@ -179,7 +190,13 @@ class Run:
         ``events`` (Streaming, issue 12) streams this request and receives its events.
         """
         self.in_flight += 1
+        state: _State | None = None
         try:
+            engine = self.engine
+            if engine.cache is not None:  # response cache (issue 14)
+                hit = cached.from_cache(engine.cache, index, request)
+                if hit is not None:
+                    return self._from_cache(hit)
             state = self._prepare(index, request)
             if not isinstance(state.body.get("model"), str):
                 return self._invalid(
@@ -187,6 +204,12 @@ class Run:
                     request,
                     "the body has no model. HINT: pass model=... or put 'model' in the body",
                 )
+            recall = engine.seed_limits
+            if recall is not None:  # remembered limits (issue 14): at the first request
+                engine.seed_limits = None
+                recall.seed(state.body, engine.governor)
+            if engine.spend is not None:  # spend cap (issue 14)
+                self._reserve(state)
             if self.background is not None or state.body.get("background") is True:
                 return await self._background_execute(state)  # background mode (issue 12)
             # Streaming (issue 12): the run's option, a listener, or the body's own "stream": true
@@ -202,6 +225,8 @@ class Run:
             return self._finish(state, await self._retry(state, first))
         finally:
             self.in_flight -= 1
+            if state is not None and state.reserved_usd:  # spend cap (issue 14)
+                self._settle(state)
 
     async def _retry(self, state: _State, first: Decision) -> Decision:
         """The last Decision of a request whose first one asked for a retry."""
@@ -212,7 +237,13 @@ class Run:
             return replay.pop() if replay else await self._attempt(state)
 
         engine = self.engine
-        again = retrying(engine.policy, sleep=engine.sleep, rng=engine.rng, stopped=self._is_fatal)
+        again = retrying(
+            engine.policy,
+            sleep=engine.sleep,
+            rng=engine.rng,
+            stopped=self._is_fatal,
+            forgiven=state.forgiven_attempts,  # circuit breaker (issue 14)
+        )
         last: Decision = await again(attempt_again, state)
         return last
 
@@ -263,46 +294,66 @@ class Run:
             return refused
         if self.stopping:
             raise NotSent
-        admitted_at = await governor.admit(charge)
+        breaker = engine.breaker
+        probe = False
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
+            admitted_at, probe = await self._admit_through_circuit(charge)
+        else:
+            admitted_at = await governor.admit(charge)
+            if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
+                admitted_at, probe = await self._admit_through_circuit(charge)  # opened meanwhile
         if self.stopping:
             # The run ended (fatal error or stop()) while this request queued for
             # admission: it was never sent, so it gets no Result at all.
-            raise NotSent
+            raise self._not_sent(probe)
         began = self._clock()
         if not state.attempts:
             # Latency runs from the first send, not from queueing for admission.
             state.started = began
         state.attempts += 1
         if state.stream is not None:  # Streaming (issue 12): the same bookkeeping, read as SSE
-            decision = await stream_attempt(
-                engine,
-                state.stream,
-                state.request.path,
-                state.payload,
-                state.body,
-                attempt=state.attempts,
-                sent_at=admitted_at,
-                clock=self._clock,
-            )
+            try:
+                decision = await stream_attempt(
+                    engine,
+                    state.stream,
+                    state.request.path,
+                    state.payload,
+                    state.body,
+                    attempt=state.attempts,
+                    sent_at=admitted_at,
+                    clock=self._clock,
+                )
+            except BaseException:
+                if probe and breaker is not None:  # a cancelled probe (issue 14)
+                    breaker.abandon_probe()
+                raise
             if decision.verdict is not Verdict.SUCCESS:
                 self._act(state, decision, admitted_at)
-            self._log_attempt(state, decision, charge, self._clock() - began)
-            return decision
-        try:
-            reply = await engine.transport.post(state.request.path, state.payload)
-        except TransportError as exc:
-            governor.observe(None)
-            decision = decide_transport_error(exc)
         else:
-            headers = reply.headers
-            governor.observe(
-                read_rate_limit_headers(headers),
-                typical_tokens=engine.typical_tokens,
-                sent_at=admitted_at,
-            )
-            decision = decide(reply.status, headers, reply.raw, engine.policy, state.body)
-            if decision.verdict is not Verdict.SUCCESS:
-                self._act(state, decision, admitted_at)
+            try:
+                reply = await engine.transport.post(state.request.path, state.payload)
+            except TransportError as exc:
+                governor.observe(None)
+                decision = decide_transport_error(exc)
+            except BaseException:
+                if probe and breaker is not None:  # a cancelled probe (issue 14)
+                    breaker.abandon_probe()
+                raise
+            else:
+                headers = reply.headers
+                governor.observe(
+                    read_rate_limit_headers(headers),
+                    typical_tokens=engine.typical_tokens,
+                    sent_at=admitted_at,
+                )
+                decision = decide(reply.status, headers, reply.raw, engine.policy, state.body)
+                if decision.verdict is not Verdict.SUCCESS:
+                    self._act(state, decision, admitted_at)
+        if breaker is not None:  # circuit breaker (issue 14)
+            if probe or decision.verdict is not Verdict.SUCCESS:
+                self._report_to_circuit(breaker, state, decision, probe)
+            else:
+                breaker.record_success()
         self._log_attempt(state, decision, charge, self._clock() - began)
         return decision
 
@@ -373,7 +424,12 @@ class Run:
         stats.latencies_s.append(result.latency_s)
         if ok:
             self._account_success(state, usage)
+            cache = self.engine.cache
+            if cache is not None and cached.cacheable(state.request.body):  # issue 14
+                cache.put(state.request.path, state.request.body, decision.raw or b"")
         else:
+            if decision.retries:  # transient, not the line's fault (issue 14)
+                stats.failed_transient += 1
             self._account_failure(result, decision.verdict)
         if state.stream is not None:  # Streaming (issue 12): time to first token
             result = with_ttft(result, state.stream, state.started, stats)
@@ -403,7 +459,7 @@ class Run:
         stats.cached_tokens += usage.cached_tokens
         stats.output_tokens += usage.output_tokens
         stats.reasoning_tokens += usage.reasoning_tokens
-        price = engine.prices.get(str(state.body.get("model")))
+        price = engine.price_of(str(state.body.get("model")))
         if price is not None:
             cost = price.cost(
                 input_tokens=usage.input_tokens,
@@ -411,6 +467,7 @@ class Run:
                 output_tokens=usage.output_tokens,
             )
             stats.cost_usd = (stats.cost_usd or 0.0) + cost
+            state.cost_usd = cost
 
     def _account_failure(self, result: Result, verdict: Verdict) -> None:
         """Count a failure; a streak of identical permanent ones stops the run.
@@ -434,3 +491,75 @@ class Run:
                 f"{self._streak} requests in a row failed the same way "
                 f"(status {result.status_code}, code {error.code}): {error.message}",
             )
+
+    # -- operating a run (issue 14): spend cap, circuit breaker, response cache ------
+    def _reserve(self, state: _State) -> None:
+        """Reserve the request's worst-case cost, or stop the run (``NotSent``)."""
+        spend = self.engine.spend
+        assert spend is not None
+        self._charge(state)
+        reserved, refusal = spending.reserve(
+            spend, self.engine, state.body, state.request.path, state.input_estimate
+        )
+        if refusal is not None:
+            if self._fatal is None:
+                self._fatal = ("max_cost", refusal)
+            raise NotSent
+        state.reserved_usd = reserved
+
+    def _settle(self, state: _State) -> None:
+        spend = self.engine.spend
+        if spend is not None:
+            spend.settle(state.reserved_usd, state.cost_usd)
+        state.reserved_usd = 0.0
+
+    def _not_sent(self, probe: bool) -> NotSent:
+        """A probe that will not be sent lets another request probe."""
+        if probe and self.engine.breaker is not None:
+            self.engine.breaker.abandon_probe()
+        return NotSent()
+
+    async def _admit_through_circuit(self, charge: int) -> tuple[float, bool]:
+        """The circuit is not closed: wait for it, then for admission; again if it opened
+        while this request queued for admission. ``(admitted at, probe)``.
+
+        The probe is sent at once, past the rate governor: one request per pause
+        cannot hurt the rate, and behind requests queued for admission before the
+        circuit opened it would wait for all of them.
+        """
+        breaker = self.engine.breaker
+        assert breaker is not None
+        while True:
+            if await self._wait_for_circuit():
+                return self._clock(), True
+            admitted_at = await self.engine.governor.admit(charge)
+            if breaker.state is BreakerState.CLOSED:
+                return admitted_at, False
+
+    async def _wait_for_circuit(self) -> bool:
+        """Wait while the circuit is open; True when this attempt is the probe."""
+        breaker = self.engine.breaker
+        assert breaker is not None
+        probe = await breaker.admit()
+        if self.stopping:
+            if probe:
+                breaker.abandon_probe()
+            raise NotSent
+        return probe
+
+    def _report_to_circuit(
+        self, breaker: CircuitBreaker, state: _State, decision: Decision, probe: bool
+    ) -> None:
+        forgiven, opened = circuit.report(breaker, decision, probe=probe)
+        if forgiven:
+            state.forgiven += 1
+        if opened:
+            self.stats.circuit_opens += 1
+
+    def _from_cache(self, result: Result) -> Result:
+        stats = self.stats
+        stats.succeeded += 1
+        stats.cache_hits += 1
+        self._streak = 0
+        self._streak_key = None
+        return result

@@ -35,10 +35,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ratelane._api.operating import price_table
 from ratelane._core.config import Price
 from ratelane._core.errors import APIError, ConfigurationError, TransportError
 from ratelane._core.models import ErrorInfo, Result, RunStats
-from ratelane._core.prices import BUILTIN_PRICES, batch_price, price_for
+from ratelane._core.prices import batch_price, price_for
 from ratelane._http.batch_api import BatchAPI, BatchInfo
 from ratelane._http.transport import Transport
 from ratelane._http.wire import DEFAULT_BASE_URL
@@ -139,7 +140,7 @@ class BatchMode:
         self._created = 0
         self._bar: Any = None
         self._directory = chunk_directory(file_run.output_path)
-        self._prices = options.prices if options.prices is not None else BUILTIN_PRICES
+        self._prices = price_table(options.prices)  # the built-in table, or the user's
 
     # -- control ----------------------------------------------------------------
     def stop(self) -> None:

@@ -103,6 +103,8 @@ def _ratelane_extra(result: Result) -> dict[str, Any]:
     if header is not None and header != "x-request-id":
         # Behind a gateway the id is the proxy's own: say which header it came from.
         extra["request_id_header"] = header
+    if result.cached:  # answered from the response cache, not sent (issue 14)
+        extra["cached"] = True
     return extra
 
 

@@ -22,22 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import enum
 import functools
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from ratelane._api.client import Client
+from ratelane._api.options import Prices
 from ratelane._core.batch_line import line_problems
-from ratelane._core.config import Price, RetryPolicy
+from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import ConfigurationError, FatalError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
+from ratelane._engine.breaker import BreakerPolicy, CircuitBreaker
 from ratelane._engine.chains import ChainScheduler
+from ratelane._engine.circuit import circuit_text
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
 
@@ -55,6 +59,7 @@ from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
 from .pending import attach_background
 from .progress import Progress
+from .spent import spent_in_output
 from .validated import Fingerprint, load_report, save_report
 
 __all__ = [
@@ -122,6 +127,8 @@ class FileRunOptions:
     ``OPENAI_API_KEY``, ``base_url`` to ``OPENAI_BASE_URL`` or OpenAI's.
     ``fsync_interval_s``: seconds between fsyncs of OUTPUT and ERRORS (0:
     after every line); ``progress``: a tqdm bar (a widget in notebooks).
+    ``max_cost``, ``breaker``, ``cache``, ``remember_limits``: as for ``run_many``
+    (issue 14); ``max_cost`` bounds what all of OUTPUT cost, earlier runs included.
     """
 
     model: str | None = None
@@ -135,7 +142,7 @@ class FileRunOptions:
     base_url: str | None = None
     organization: str | None = None
     project: str | None = None
-    prices: Mapping[str, Price] | None = None
+    prices: Prices = None
     progress: bool = False
     fsync_interval_s: float = FSYNC_INTERVAL_S
     # Batch API mode (issue 11, batch_mode.py): "batch" sends INPUT through /v1/batches.
@@ -145,6 +152,11 @@ class FileRunOptions:
     #: ids journaled in <OUTPUT>.pending.jsonl. cancel_on_exit: cancel them on stop().
     background: bool = False
     cancel_on_exit: bool = False
+    # Operating a run (issue 14); ``max_cost`` bounds the spend recomputed from OUTPUT.
+    max_cost: float | None = None
+    breaker: BreakerPolicy | bool = True
+    cache: StrPath | None = None
+    remember_limits: bool = True
 
     def __post_init__(self) -> None:
         if self.model is not None and not (isinstance(self.model, str) and self.model):
@@ -199,6 +211,11 @@ class FileRunSummary:
     # Batch API mode (issue 11): the mode, and batches not yet collected (``DETACHED``).
     via: str = "realtime"
     batches_pending: int = 0
+    # Operating a run (issue 14): with max_cost, what OUTPUT has cost in all (earlier
+    # runs included) and the cap; a response cache that could not be used, and why.
+    spent_usd: float | None = None
+    max_cost_usd: float | None = None
+    cache_problem: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -254,6 +271,10 @@ class _EngineRun:
     @property
     def governor(self) -> RateGovernor:
         return self._engine.governor
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self._engine.breaker
 
 
 # --------------------------------------------------------------------------- reading INPUT
@@ -528,6 +549,10 @@ class FileRun:
             timeout_s=options.timeout_s,
             connect_timeout_s=options.connect_timeout_s,
             prices=options.prices,
+            max_cost=options.max_cost,
+            breaker=options.breaker,
+            cache=options.cache,
+            remember_limits=options.remember_limits,
         )
 
     def _validated(self) -> tuple[ValidationReport, bool, Fingerprint | None]:
@@ -624,10 +649,23 @@ class FileRun:
             start, done = await asyncio.to_thread(self._resume_from, fingerprint, revalidated)
             known_done = len(done) + (start.done_lines if start is not None else 0)
             async with client:
+                spend = client.engine.spend
+                if spend is not None:  # spend cap (issue 14): count what OUTPUT already cost
+                    spent = await asyncio.to_thread(
+                        spent_in_output, self.output_path, client.engine.prices
+                    )
+                    spend.spent_usd += spent.usd
                 stats, fatal = await self._send(client, writer, done, report, known_done)
                 governor = self._engine_run.governor if self._engine_run else None
-        return self._summary(
+                cache = client.engine.cache
+        summary = self._summary(
             report, known_done, stats, fatal, writer, governor, revalidated, start is not None
+        )
+        return dataclasses.replace(  # issue 14
+            summary,
+            spent_usd=spend.spent_usd if spend is not None else None,
+            max_cost_usd=spend.max_cost_usd if spend is not None else None,
+            cache_problem=cache.problem if cache is not None else None,
         )
 
     async def _send(
@@ -703,7 +741,13 @@ class FileRun:
         return engine_run.stats, fatal
 
     def _progress_bar(self, total: int) -> Progress:
-        return Progress(total=total, enabled=self.options.progress, live=self._live)
+        return Progress(
+            total=total, enabled=self.options.progress, live=self._live, circuit=self._circuit
+        )
+
+    def _circuit(self) -> str | None:  # the breaker's state for the bar (issue 14)
+        engine_run = self._engine_run
+        return None if engine_run is None else circuit_text(engine_run.breaker)
 
     def _live(self) -> tuple[RunStats, RateGovernor] | None:
         engine_run = self._engine_run
@@ -777,13 +821,17 @@ async def arun_file(
     base_url: str | None = None,
     organization: str | None = None,
     project: str | None = None,
-    prices: Mapping[str, Price] | None = None,
+    prices: Prices = None,
     progress: bool = True,
     fsync_interval_s: float = FSYNC_INTERVAL_S,
     via: Literal["realtime", "batch"] = "realtime",
     batch: BatchRunOptions | None = None,
     background: bool = False,
     cancel_on_exit: bool = False,
+    max_cost: float | None = None,
+    breaker: BreakerPolicy | bool = True,
+    cache: StrPath | None = None,
+    remember_limits: bool = True,
 ) -> FileRunSummary:
     """Send every request of the Batch-format file ``input``; successes go to ``output``.
 
@@ -814,6 +862,10 @@ async def arun_file(
         batch=batch,
         background=background,
         cancel_on_exit=cancel_on_exit,
+        max_cost=max_cost,
+        breaker=breaker,
+        cache=cache,
+        remember_limits=remember_limits,
     )
     return await FileRun(input, output, errors=errors, options=options).run()
 

@@ -25,11 +25,13 @@ def progress_postfix(
     tokens_per_minute: float | None,
     cooldowns: int,
     cooling_down: bool,
+    circuit: str | None = None,
 ) -> str:
     """The text after the bar: ``ok=980 failed=2 rpm=5.91k tpm=1.97M cooldowns=1``.
 
     ``rpm``/``tpm`` are the rates the governor currently aims for (learned
     limits times headroom, lowered after a 429); ``∞`` when unlimited.
+    ``circuit``: the circuit breaker's state when it is not closed (issue 14).
     """
 
     def rate(value: float | None) -> str:
@@ -39,6 +41,8 @@ def progress_postfix(
         f"ok={succeeded:,} failed={failed:,} "
         f"rpm={rate(requests_per_minute)} tpm={rate(tokens_per_minute)} cooldowns={cooldowns}"
     )
+    if circuit is not None:
+        text += f" (circuit {circuit})"
     return text + " (cooling down)" if cooling_down else text
 
 
@@ -55,6 +59,8 @@ def compact_number(value: float | None) -> str:
 
 
 LiveState = Callable[[], tuple[RunStats, RateGovernor] | None]
+#: The circuit breaker's state for the bar (``None``: closed or no breaker).
+CircuitState = Callable[[], str | None]
 
 
 class Progress:
@@ -64,10 +70,13 @@ class Progress:
     sending starts). Disabled, every method does nothing.
     """
 
-    __slots__ = ("_live", "_next_postfix", "bar")
+    __slots__ = ("_circuit", "_live", "_next_postfix", "bar")
 
-    def __init__(self, *, total: int, enabled: bool, live: LiveState) -> None:
+    def __init__(
+        self, *, total: int, enabled: bool, live: LiveState, circuit: CircuitState | None = None
+    ) -> None:
         self._live = live
+        self._circuit = circuit
         self._next_postfix = 0.0
         self.bar: Any = (
             tqdm(total=total, unit="req", dynamic_ncols=True, mininterval=0.25, smoothing=0.05)
@@ -98,6 +107,7 @@ class Progress:
             tokens_per_minute=governor.tokens_per_minute,
             cooldowns=governor.cooldowns,
             cooling_down=governor.cooling_down,
+            circuit=self._circuit() if self._circuit is not None else None,
         )
 
     def exhausted(self, sent: int) -> None:

@@ -258,6 +258,29 @@ class RateGovernor:
                     bucket.fill()
         self._gate.set()
 
+    # -- remembered limits (issue 14) ----------------------------------------
+    def assume_limits(self, *, rpm: float | None, tpm: float | None) -> bool:
+        """Start from limits remembered from an earlier run, before any answer.
+
+        Only fills limits not learned yet; the headers of the answers correct
+        them either way (a higher announced limit is believed at once, a lower
+        one slows admission down). When both limits are then known, no probe
+        is needed: returns True, and admission fans out from the first request.
+        """
+        if self.learned_rpm is None and rpm:
+            self.learned_rpm = rpm
+        if self.learned_tpm is None and tpm:
+            self.learned_tpm = tpm
+        self._discovering = self._rpm_ceiling is None and self.learned_rpm is None
+        self._retune()
+        known = _effective(self._rpm_ceiling, self.learned_rpm) is not None and (
+            _effective(self._tpm_ceiling, self.learned_tpm) is not None
+        )
+        if known:
+            self._probe_sent = True
+            self._first_answer.set()
+        return known
+
     # -- tuning -------------------------------------------------------------
     def _current_factor(self, now: float) -> float:
         # Linear recovery: back to the full rate 4 s after a cut of 20%.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -253,6 +254,12 @@ class FakeOpenAI:
             rpm=current_rpm if rpm is KEEP else rpm,
             tpm=current_tpm if tpm is KEEP else tpm,
         )
+
+    def set_faults(self, faults: Faults) -> None:
+        """Change the injected faults while running (an outage starts or ends). Safe from any
+        thread: the next model request draws from ``faults``."""
+        self.options = dataclasses.replace(self.options, faults=faults)
+        self._app.options = self.options
 
     # -- lifecycle -------------------------------------------------------------
 
