@@ -17,9 +17,11 @@ from ratelane._files.batch_mode import BatchMode, _Fatal
 from ratelane._files.batch_options import BatchRunOptions, poll_delay
 from ratelane._files.batch_plan import ChunkLimits, plan_chunks
 from ratelane._files.batch_state import BatchState, Chunk, LineRanges, sidecar_path
+from ratelane._files.batch_uploads import find_uploads
 from ratelane._files.checkpoint import DoneSet, ResultWriter
 from ratelane._files.file_run import FileRun, FileRunOptions
 from ratelane._files.input import BatchLine, ValidationReport
+from ratelane._http.batch_api import FileInfo, FilePage
 
 # --------------------------------------------------------------------------- options
 
@@ -174,6 +176,122 @@ def test_an_unreadable_sidecar_is_an_error_with_a_hint(tmp_path: Path) -> None:
     sidecar_path(output).write_text("{not json")
     with pytest.raises(ConfigurationError, match="HINT: if those batches are no longer wanted"):
         BatchState.load(output)
+
+
+def test_the_run_token_is_kept_and_names_uploads(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    state = BatchState.open(output, tmp_path / "in.jsonl")
+    assert len(state.token) == 12 and not state.token_saved
+    chunk = Chunk(key=7, url="/v1/responses", model="m", lines=1, bytes=9, tokens=1, ranges=[])
+    assert state.upload_name(chunk) == f"ratelane-{state.token}-chunk-00007.jsonl"
+    state.save()
+    loaded = BatchState.open(output, tmp_path / "in.jsonl")
+    assert (loaded.token, loaded.token_saved) == (state.token, True)
+    # A sidecar from before run tokens: a new token, not on disk until the next save.
+    data = orjson.loads(sidecar_path(output).read_bytes())
+    del data["token"]
+    sidecar_path(output).write_bytes(orjson.dumps(data))
+    older = BatchState.open(output, tmp_path / "in.jsonl")
+    assert older.token != state.token and not older.token_saved
+
+
+# --------------------------------------------------------------------------- lost uploads
+
+
+def listing(*files: tuple[str, str, int, int]) -> list[FileInfo]:
+    """``(id, filename, bytes, created_at)`` rows, newest first."""
+    return [FileInfo(id=i, filename=name, bytes=size, created_at=at) for i, name, size, at in files]
+
+
+ONE_DAY = 24 * 3600.0
+
+
+@pytest.mark.parametrize(
+    ("pages", "wanted", "not_before", "found", "pages_read"),
+    [
+        # Name and size must both match; the newest of two copies wins.
+        (
+            [
+                listing(
+                    ("f3", "a.jsonl", 10, 900),
+                    ("f2", "a.jsonl", 10, 800),
+                    ("f1", "b.jsonl", 5, 700),
+                )
+            ],
+            {"a.jsonl": 10, "b.jsonl": 6},
+            None,
+            {"a.jsonl": "f3"},
+            1,
+        ),
+        # Found on the second page (the first page's last id is the cursor).
+        (
+            [listing(("f4", "x.jsonl", 1, 900)), listing(("f3", "a.jsonl", 10, 800))],
+            {"a.jsonl": 10},
+            None,
+            {"a.jsonl": "f3"},
+            2,
+        ),
+        # Everything found: no further page is read.
+        (
+            [listing(("f4", "a.jsonl", 10, 900)), listing(("f3", "b.jsonl", 1, 800))],
+            {"a.jsonl": 10},
+            None,
+            {"a.jsonl": "f4"},
+            1,
+        ),
+        # A page reaching files older than the chunks (minus clock skew) ends the search.
+        (
+            [listing(("f4", "x.jsonl", 1, int(10 * ONE_DAY))), listing(("f3", "a.jsonl", 10, 0))],
+            {"a.jsonl": 10},
+            11 * ONE_DAY,
+            {},
+            1,
+        ),
+        # ... but files within the clock-skew margin are still looked at.
+        (
+            [
+                listing(("f4", "x.jsonl", 1, int(11 * ONE_DAY) - 60)),
+                listing(("f3", "a.jsonl", 10, 0)),
+            ],
+            {"a.jsonl": 10},
+            11 * ONE_DAY,
+            {"a.jsonl": "f3"},
+            2,
+        ),
+        # Nothing wanted: nothing asked.
+        ([listing(("f1", "a.jsonl", 10, 900))], {}, None, {}, 0),
+    ],
+)
+async def test_find_uploads_matches_name_and_size_newest_first_and_stops_early(
+    pages: list[list[FileInfo]],
+    wanted: dict[str, int],
+    not_before: float | None,
+    found: dict[str, str],
+    pages_read: int,
+) -> None:
+    cursors: list[str | None] = []
+
+    async def list_page(after: str | None) -> FilePage:
+        cursors.append(after)
+        index = len(cursors) - 1
+        return FilePage(tuple(pages[index]), has_more=index + 1 < len(pages))
+
+    result = await find_uploads(list_page, wanted, not_before=not_before)
+    assert {name: info.id for name, info in result.items()} == found
+    assert len(cursors) == pages_read
+    assert cursors == [None, *(page[-1].id for page in pages)][:pages_read]
+
+
+async def test_find_uploads_reads_at_most_max_pages() -> None:
+    calls = 0
+
+    async def endless(after: str | None) -> FilePage:
+        nonlocal calls
+        calls += 1
+        return FilePage((FileInfo(id=f"f{calls}", filename="x.jsonl", bytes=1),), has_more=True)
+
+    assert await find_uploads(endless, {"a.jsonl": 1}, max_pages=3) == {}
+    assert calls == 3
 
 
 # --------------------------------------------------------------------------- merge
