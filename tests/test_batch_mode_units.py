@@ -15,7 +15,7 @@ from ratelane._core.models import RunStats
 from ratelane._files.batch_merge import Merger
 from ratelane._files.batch_mode import BatchMode, _Fatal
 from ratelane._files.batch_options import BatchRunOptions, poll_delay
-from ratelane._files.batch_plan import ChunkLimits, plan_chunks
+from ratelane._files.batch_plan import ChunkLimits, embedding_inputs, plan_chunks
 from ratelane._files.batch_state import BatchState, Chunk, LineRanges, sidecar_path
 from ratelane._files.batch_uploads import find_uploads
 from ratelane._files.checkpoint import DoneSet, ResultWriter
@@ -146,6 +146,39 @@ def test_chunks_cut_at_the_byte_and_token_caps(tmp_path: Path) -> None:
     # A line over a cap alone still gets a chunk (the service then says what is wrong).
     alone = plan_chunks(lines(specs[:2]), tmp_path / "a", ChunkLimits(100, 10), new_key=keys())
     assert [c.lines for c in alone] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("value", "inputs"),
+    [
+        ("one text", 1),
+        (["a", "b", "c"], 3),
+        ([[1, 2], [3], [4, 5, 6]], 3),  # token arrays: one input each
+        ([101, 102, 103], 1),  # one tokenized input
+        ([], 1),  # invalid; the service says so, counted as one
+        (None, 1),
+    ],
+)
+def test_embedding_inputs_count_each_array_element(value: Any, inputs: int) -> None:
+    body = {"model": "e"} if value is None else {"model": "e", "input": value}
+    assert embedding_inputs(body) == inputs
+
+
+def test_embeddings_chunks_cut_at_50000_inputs_summed_over_lines(tmp_path: Path) -> None:
+    texts = [str(n) for n in range(2048)]  # the most one request may hold
+    body = {"model": "e", "input": texts}
+    rows = [BatchLine(n, f"e{n}", "/v1/embeddings", body) for n in range(1, 27)]  # 53,248 inputs
+    chunks = plan_chunks(rows, tmp_path / "e", ChunkLimits(50_000, 10**9), new_key=keys())
+    assert [(c.lines, c.inputs) for c in chunks] == [(24, 49_152), (2, 4_096)]
+    # Other endpoints are not counted; a lower cap cuts sooner.
+    same = [BatchLine(n, f"r{n}", "/v1/responses", row.body) for n, row in enumerate(rows, 1)]
+    [whole] = plan_chunks(same, tmp_path / "r", ChunkLimits(50_000, 10**9), new_key=keys())
+    assert (whole.lines, whole.inputs) == (26, 0)
+    small = plan_chunks(
+        lines([("/v1/embeddings", "e", "x")] * 5), tmp_path / "s",
+        ChunkLimits(100, 10**6, max_inputs=2), new_key=keys(),
+    )  # fmt: skip
+    assert [c.inputs for c in small] == [2, 2, 1]
 
 
 # --------------------------------------------------------------------------- sidecar

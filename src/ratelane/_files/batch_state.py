@@ -140,6 +140,7 @@ class Chunk:
     left: int = 0
     refusals: int = 0
     planned_at: float | None = None  # Unix time its file was written (bounds the upload search)
+    inputs: int = 0  # embedding inputs of an /v1/embeddings chunk (at most 50,000 a batch)
     line_ranges: LineRanges = field(default_factory=LineRanges, repr=False, compare=False)
 
     def __post_init__(self) -> None:
