@@ -378,3 +378,38 @@ def test_sigkill_between_upload_and_its_record_does_not_upload_again(
     assert_each_once(output, ids)
     assert len(server.batches.uploads) == len(server.batches.creations) == 2
     assert_nothing_twice(server)
+
+
+def test_detach_then_status_then_the_same_command_collects_as_subprocesses(
+    tmp_path: Path, serve: Any
+) -> None:
+    ids = simple(tmp_path / "in.jsonl", 20)
+    server = serve(BatchOptions(time_scale=0.02, validating_s=15))  # 0.3 s validating
+    output = tmp_path / "out.jsonl"
+    run = [sys.executable, "-m", "ratelane", "run", str(tmp_path / "in.jsonl"), "-o", str(output),
+           "--via", "batch", "--max-batch-lines", "10", *POLL]  # fmt: skip
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=env_for(server), capture_output=True, text=True, timeout=30)
+
+    detached = cli(*run, "--detach", "--no-progress")
+    assert detached.returncode == 0, detached.stderr
+    assert "detached: 2 batches run on the server" in detached.stderr
+    assert f"ratelane batch status {output}" in detached.stderr
+    assert not output.exists() or output.read_bytes() == b""
+
+    sidecar = Path(f"{output}.batches.json").read_bytes()
+    status = cli(sys.executable, "-m", "ratelane", "batch", "status", str(output))
+    assert status.returncode == 0, status.stderr
+    assert "2 batches:" in status.stdout  # how far they got depends on the machine's pace
+    assert all(f"{b} " in status.stdout for b in ids_of(server))
+    # status changed nothing: not the sidecar, not OUTPUT, no batch cancelled.
+    assert Path(f"{output}.batches.json").read_bytes() == sidecar
+    assert not output.exists() or output.read_bytes() == b""
+    assert all("cancelling" not in batch(server, b).history for b in ids_of(server))
+
+    collected = cli(*run, "--no-progress")
+    assert collected.returncode == 0, collected.stderr
+    assert_each_once(output, ids)
+    assert len(server.batches.uploads) == len(server.batches.creations) == 2
+    assert_nothing_twice(server)
