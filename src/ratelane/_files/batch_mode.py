@@ -70,6 +70,8 @@ _SHOWN_LINES = 10
 #: Batches of one chunk that expire or are cancelled in a row, having run nothing, before
 #: the run stops (a user's `batch cancel` counts once; a service that never runs it, more).
 _MAX_BARREN = 3
+#: Files a page when looking for unrecorded uploads (newest first: they are on the first).
+_FILES_PAGE = 1000
 
 
 def batch_transport(options: FileRunOptions) -> Transport:
@@ -346,7 +348,7 @@ class BatchMode:
         def page(after: str | None) -> Awaitable[FilePage]:
             return self._call(
                 "list of files",
-                functools.partial(api.list_files, purpose="batch", after=after),
+                functools.partial(api.list_files, purpose="batch", after=after, limit=_FILES_PAGE),
             )
 
         sizes = {name: chunk.bytes for name, chunk in lost.items()}
