@@ -90,6 +90,27 @@ async def test_upload_create_poll_download(
     assert not (tmp_path / "gone.jsonl.part").exists()
 
 
+async def test_upload_under_another_name_then_list_files_page_by_page(
+    api: BatchAPI, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "chunk-1.jsonl", 2)
+    ids = [await api.upload_file(source, filename=f"run-{n}.jsonl") for n in range(3)]
+    first = await api.list_files(purpose="batch", limit=2)
+    assert [(f.id, f.filename, f.bytes, f.purpose) for f in first.files] == [
+        (ids[n], f"run-{n}.jsonl", source.stat().st_size, "batch") for n in (2, 1)
+    ]
+    assert first.has_more and first.last_id == ids[1]
+    rest = await api.list_files(purpose="batch", limit=2, after=first.last_id)
+    assert ([f.id for f in rest.files], rest.has_more) == ([ids[0]], False)
+    oldest = await api.list_files(order="asc", limit=1)
+    assert [f.id for f in oldest.files] == [ids[0]]
+    assert isinstance(oldest.files[0].created_at, int)
+    assert (await api.list_files(purpose="fine-tune")).files == ()
+    with pytest.raises(APIError) as caught:
+        await api.list_files(limit=0)
+    assert (caught.value.status_code, caught.value.param) == (400, "limit")
+
+
 async def test_validation_errors_are_parsed(api: BatchAPI, tmp_path: Path) -> None:
     source = tmp_path / "bad.jsonl"
     source.write_bytes(b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '

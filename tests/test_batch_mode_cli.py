@@ -330,3 +330,86 @@ def test_batches_that_never_run_stop_the_run_instead_of_looping(
         and "--fallback realtime" in ran.stderr
     )
     assert (len(server.batches.uploads), len(server.batches.creations)) == (1, 3)
+
+
+#: ``python -m ratelane`` that SIGKILLs itself as soon as upload number ``$DIE_AFTER_UPLOAD``
+#: is answered: the server has the file, the sidecar never recorded it.
+KILLED_AFTER_UPLOAD = """
+import os, signal, sys
+from ratelane._cli.main import main
+from ratelane._http.batch_api import BatchAPI
+upload, uploads = BatchAPI.upload_file, []
+async def upload_then_die(self, *args, **kwargs):
+    file_id = await upload(self, *args, **kwargs)
+    uploads.append(file_id)
+    if len(uploads) == int(os.environ["DIE_AFTER_UPLOAD"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return file_id
+BatchAPI.upload_file = upload_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_between_upload_and_its_record_does_not_upload_again(
+    tmp_path: Path, serve: Any, in_process_cli: InProcessCli
+) -> None:
+    ids = simple(tmp_path / "in.jsonl", 30)
+    server = serve()
+    output = tmp_path / "out.jsonl"
+    argv = ["run", str(tmp_path / "in.jsonl"), "-o", str(output), "--via", "batch",
+            "--max-batch-lines", "15", *POLL]  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_UPLOAD, *argv],
+        env={**env_for(server), "DIE_AFTER_UPLOAD": "2"},
+        capture_output=True,
+        timeout=30,
+    )
+    assert killed.returncode == -9, killed.stderr.decode()
+    state = orjson.loads(Path(f"{output}.batches.json").read_bytes())
+    assert [(c["status"], c["file_id"]) for c in state["chunks"]][1] == ("planned", None)
+    uploads = server.batches.uploads
+    assert [u.filename for u in uploads] == [
+        f"ratelane-{state['token']}-chunk-0000{n}.jsonl" for n in (1, 2)
+    ]
+
+    again = in_process_cli(*argv, env=env_for(server))
+    assert again.returncode == 0, again.stderr
+    assert f"found {uploads[1].file_id}, uploaded as {uploads[1].filename}" in again.stderr
+    assert_each_once(output, ids)
+    assert len(server.batches.uploads) == len(server.batches.creations) == 2
+    assert_nothing_twice(server)
+
+
+def test_detach_then_status_then_the_same_command_collects_as_subprocesses(
+    tmp_path: Path, serve: Any
+) -> None:
+    ids = simple(tmp_path / "in.jsonl", 20)
+    server = serve(BatchOptions(time_scale=0.02, validating_s=15))  # 0.3 s validating
+    output = tmp_path / "out.jsonl"
+    run = [sys.executable, "-m", "ratelane", "run", str(tmp_path / "in.jsonl"), "-o", str(output),
+           "--via", "batch", "--max-batch-lines", "10", *POLL]  # fmt: skip
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=env_for(server), capture_output=True, text=True, timeout=30)
+
+    detached = cli(*run, "--detach", "--no-progress")
+    assert detached.returncode == 0, detached.stderr
+    assert "detached: 2 batches run on the server" in detached.stderr
+    assert f"ratelane batch status {output}" in detached.stderr
+    assert not output.exists() or output.read_bytes() == b""
+
+    sidecar = Path(f"{output}.batches.json").read_bytes()
+    status = cli(sys.executable, "-m", "ratelane", "batch", "status", str(output))
+    assert status.returncode == 0, status.stderr
+    assert "2 batches:" in status.stdout  # how far they got depends on the machine's pace
+    assert all(f"{b} " in status.stdout for b in ids_of(server))
+    # status changed nothing: not the sidecar, not OUTPUT, no batch cancelled.
+    assert Path(f"{output}.batches.json").read_bytes() == sidecar
+    assert not output.exists() or output.read_bytes() == b""
+    assert all("cancelling" not in batch(server, b).history for b in ids_of(server))
+
+    collected = cli(*run, "--no-progress")
+    assert collected.returncode == 0, collected.stderr
+    assert_each_once(output, ids)
+    assert len(server.batches.uploads) == len(server.batches.creations) == 2
+    assert_nothing_twice(server)

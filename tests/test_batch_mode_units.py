@@ -15,11 +15,13 @@ from ratelane._core.models import RunStats
 from ratelane._files.batch_merge import Merger
 from ratelane._files.batch_mode import BatchMode, _Fatal
 from ratelane._files.batch_options import BatchRunOptions, poll_delay
-from ratelane._files.batch_plan import ChunkLimits, plan_chunks
+from ratelane._files.batch_plan import ChunkLimits, embedding_inputs, plan_chunks
 from ratelane._files.batch_state import BatchState, Chunk, LineRanges, sidecar_path
+from ratelane._files.batch_uploads import find_uploads
 from ratelane._files.checkpoint import DoneSet, ResultWriter
 from ratelane._files.file_run import FileRun, FileRunOptions
 from ratelane._files.input import BatchLine, ValidationReport
+from ratelane._http.batch_api import FileInfo, FilePage
 
 # --------------------------------------------------------------------------- options
 
@@ -146,6 +148,39 @@ def test_chunks_cut_at_the_byte_and_token_caps(tmp_path: Path) -> None:
     assert [c.lines for c in alone] == [1, 1]
 
 
+@pytest.mark.parametrize(
+    ("value", "inputs"),
+    [
+        ("one text", 1),
+        (["a", "b", "c"], 3),
+        ([[1, 2], [3], [4, 5, 6]], 3),  # token arrays: one input each
+        ([101, 102, 103], 1),  # one tokenized input
+        ([], 1),  # invalid; the service says so, counted as one
+        (None, 1),
+    ],
+)
+def test_embedding_inputs_count_each_array_element(value: Any, inputs: int) -> None:
+    body = {"model": "e"} if value is None else {"model": "e", "input": value}
+    assert embedding_inputs(body) == inputs
+
+
+def test_embeddings_chunks_cut_at_50000_inputs_summed_over_lines(tmp_path: Path) -> None:
+    texts = [str(n) for n in range(2048)]  # the most one request may hold
+    body = {"model": "e", "input": texts}
+    rows = [BatchLine(n, f"e{n}", "/v1/embeddings", body) for n in range(1, 27)]  # 53,248 inputs
+    chunks = plan_chunks(rows, tmp_path / "e", ChunkLimits(50_000, 10**9), new_key=keys())
+    assert [(c.lines, c.inputs) for c in chunks] == [(24, 49_152), (2, 4_096)]
+    # Other endpoints are not counted; a lower cap cuts sooner.
+    same = [BatchLine(n, f"r{n}", "/v1/responses", row.body) for n, row in enumerate(rows, 1)]
+    [whole] = plan_chunks(same, tmp_path / "r", ChunkLimits(50_000, 10**9), new_key=keys())
+    assert (whole.lines, whole.inputs) == (26, 0)
+    small = plan_chunks(
+        lines([("/v1/embeddings", "e", "x")] * 5), tmp_path / "s",
+        ChunkLimits(100, 10**6, max_inputs=2), new_key=keys(),
+    )  # fmt: skip
+    assert [c.inputs for c in small] == [2, 2, 1]
+
+
 # --------------------------------------------------------------------------- sidecar
 
 
@@ -174,6 +209,122 @@ def test_an_unreadable_sidecar_is_an_error_with_a_hint(tmp_path: Path) -> None:
     sidecar_path(output).write_text("{not json")
     with pytest.raises(ConfigurationError, match="HINT: if those batches are no longer wanted"):
         BatchState.load(output)
+
+
+def test_the_run_token_is_kept_and_names_uploads(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    state = BatchState.open(output, tmp_path / "in.jsonl")
+    assert len(state.token) == 12 and not state.token_saved
+    chunk = Chunk(key=7, url="/v1/responses", model="m", lines=1, bytes=9, tokens=1, ranges=[])
+    assert state.upload_name(chunk) == f"ratelane-{state.token}-chunk-00007.jsonl"
+    state.save()
+    loaded = BatchState.open(output, tmp_path / "in.jsonl")
+    assert (loaded.token, loaded.token_saved) == (state.token, True)
+    # A sidecar from before run tokens: a new token, not on disk until the next save.
+    data = orjson.loads(sidecar_path(output).read_bytes())
+    del data["token"]
+    sidecar_path(output).write_bytes(orjson.dumps(data))
+    older = BatchState.open(output, tmp_path / "in.jsonl")
+    assert older.token != state.token and not older.token_saved
+
+
+# --------------------------------------------------------------------------- lost uploads
+
+
+def listing(*files: tuple[str, str, int, int]) -> list[FileInfo]:
+    """``(id, filename, bytes, created_at)`` rows, newest first."""
+    return [FileInfo(id=i, filename=name, bytes=size, created_at=at) for i, name, size, at in files]
+
+
+ONE_DAY = 24 * 3600.0
+
+
+@pytest.mark.parametrize(
+    ("pages", "wanted", "not_before", "found", "pages_read"),
+    [
+        # Name and size must both match; the newest of two copies wins.
+        (
+            [
+                listing(
+                    ("f3", "a.jsonl", 10, 900),
+                    ("f2", "a.jsonl", 10, 800),
+                    ("f1", "b.jsonl", 5, 700),
+                )
+            ],
+            {"a.jsonl": 10, "b.jsonl": 6},
+            None,
+            {"a.jsonl": "f3"},
+            1,
+        ),
+        # Found on the second page (the first page's last id is the cursor).
+        (
+            [listing(("f4", "x.jsonl", 1, 900)), listing(("f3", "a.jsonl", 10, 800))],
+            {"a.jsonl": 10},
+            None,
+            {"a.jsonl": "f3"},
+            2,
+        ),
+        # Everything found: no further page is read.
+        (
+            [listing(("f4", "a.jsonl", 10, 900)), listing(("f3", "b.jsonl", 1, 800))],
+            {"a.jsonl": 10},
+            None,
+            {"a.jsonl": "f4"},
+            1,
+        ),
+        # A page reaching files older than the chunks (minus clock skew) ends the search.
+        (
+            [listing(("f4", "x.jsonl", 1, int(10 * ONE_DAY))), listing(("f3", "a.jsonl", 10, 0))],
+            {"a.jsonl": 10},
+            11 * ONE_DAY,
+            {},
+            1,
+        ),
+        # ... but files within the clock-skew margin are still looked at.
+        (
+            [
+                listing(("f4", "x.jsonl", 1, int(11 * ONE_DAY) - 60)),
+                listing(("f3", "a.jsonl", 10, 0)),
+            ],
+            {"a.jsonl": 10},
+            11 * ONE_DAY,
+            {"a.jsonl": "f3"},
+            2,
+        ),
+        # Nothing wanted: nothing asked.
+        ([listing(("f1", "a.jsonl", 10, 900))], {}, None, {}, 0),
+    ],
+)
+async def test_find_uploads_matches_name_and_size_newest_first_and_stops_early(
+    pages: list[list[FileInfo]],
+    wanted: dict[str, int],
+    not_before: float | None,
+    found: dict[str, str],
+    pages_read: int,
+) -> None:
+    cursors: list[str | None] = []
+
+    async def list_page(after: str | None) -> FilePage:
+        cursors.append(after)
+        index = len(cursors) - 1
+        return FilePage(tuple(pages[index]), has_more=index + 1 < len(pages))
+
+    result = await find_uploads(list_page, wanted, not_before=not_before)
+    assert {name: info.id for name, info in result.items()} == found
+    assert len(cursors) == pages_read
+    assert cursors == [None, *(page[-1].id for page in pages)][:pages_read]
+
+
+async def test_find_uploads_reads_at_most_max_pages() -> None:
+    calls = 0
+
+    async def endless(after: str | None) -> FilePage:
+        nonlocal calls
+        calls += 1
+        return FilePage((FileInfo(id=f"f{calls}", filename="x.jsonl", bytes=1),), has_more=True)
+
+    assert await find_uploads(endless, {"a.jsonl": 1}, max_pages=3) == {}
+    assert calls == 3
 
 
 # --------------------------------------------------------------------------- merge

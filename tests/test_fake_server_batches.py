@@ -471,6 +471,32 @@ async def test_list_pages_newest_first(session: aiohttp.ClientSession) -> None:
         assert status == 400
 
 
+async def test_files_list_filters_by_purpose_and_pages_both_ways(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(api_key=KEY, batches=FAST) as server:
+        ids = []
+        for n in range(4):
+            _, file = await upload(session, server, jsonl([line(f"f{n}")]), filename=f"{n}.jsonl")
+            ids.append(file["id"])
+        await upload(session, server, b"{}", filename="notes.txt", purpose="user_data")
+        status, page = await call(session, server, "GET", "/files?purpose=batch&limit=3")
+        assert status == 200
+        assert [f["id"] for f in page["data"]] == ids[::-1][:3]  # newest first by default
+        assert (page["object"], page["has_more"]) == ("list", True)
+        assert (page["first_id"], page["last_id"]) == (ids[3], ids[1])
+        assert page["data"][0] == (await call(session, server, "GET", f"/files/{ids[3]}"))[1]
+        _, rest = await call(session, server, "GET", f"/files?purpose=batch&after={ids[1]}")
+        assert ([f["id"] for f in rest["data"]], rest["has_more"]) == ([ids[0]], False)
+        _, ascending = await call(session, server, "GET", "/files?order=asc&limit=2")
+        assert [f["id"] for f in ascending["data"]] == ids[:2]
+        _, everything = await call(session, server, "GET", "/files")
+        assert [f["purpose"] for f in everything["data"]] == ["user_data"] + ["batch"] * 4
+        for bad in ("limit=0", "limit=10001", "order=newest"):
+            status, body = await call(session, server, "GET", f"/files?{bad}")
+            assert (status, body["error"]["param"]) == (400, bad.split("=")[0])
+
+
 async def test_cli_server_takes_batch_options_and_shows_its_record() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ratelane", "fake-server", "--port", "0", "--api-key", KEY,

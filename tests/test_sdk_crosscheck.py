@@ -302,6 +302,30 @@ async def test_batch_api_parses_with_the_sdk(tmp_path: Path) -> None:
             await sdk.files.retrieve(file.id)
 
 
+async def test_files_list_pages_with_the_sdk(tmp_path: Path) -> None:
+    from openai.types import FileObject
+
+    source = tmp_path / "input.jsonl"
+    source.write_text('{"custom_id": "a", "method": "POST"}\n')
+    async with (
+        FakeOpenAI(api_key=KEY) as server,
+        sdk_client(base_url=server.base_url, api_key=KEY, max_retries=0) as sdk,
+    ):
+        ids = [(await sdk.files.create(file=source, purpose="batch")).id for _ in range(3)]
+        await sdk.files.create(file=("notes.txt", b"hi"), purpose="user_data")
+        page = await sdk.files.list(purpose="batch", limit=2)
+        assert [f.id for f in page.data] == ids[:0:-1]  # newest first
+        assert page.has_more is True
+        for item in page.data:
+            FileObject.model_validate(item.model_dump(mode="json"))
+        # The SDK's auto-pagination follows has_more with after=<last id>.
+        assert [f.id async for f in sdk.files.list(purpose="batch", limit=2)] == ids[::-1]
+        ascending = await sdk.files.list(order="asc")
+        assert [f.purpose for f in ascending.data] == ["batch"] * 3 + ["user_data"]
+        with pytest.raises(openai.BadRequestError):
+            await sdk.files.list(limit=0)
+
+
 async def test_batch_cancel_and_failure_parse_with_the_sdk(tmp_path: Path) -> None:
     from ratelane.testing import BatchOptions
 

@@ -4,6 +4,8 @@
 then hands over here. One loop, every step recorded in the sidecar
 (``batch_state.py``) before the next, so a run killed anywhere re-attaches::
 
+    re-attaching?       find uploads and batches a killed run made but did not
+                        record (batch_uploads.py, GET /v1/files, GET /v1/batches)
     no unmerged chunk?  plan the lines without a success (batch_plan.py);
                         none left -> done. (With fallback="realtime", lines an
                         expired or cancelled batch left are sent in real time.)
@@ -40,7 +42,7 @@ from ratelane._core.config import Price
 from ratelane._core.errors import APIError, ConfigurationError, TransportError
 from ratelane._core.models import ErrorInfo, Result, RunStats
 from ratelane._core.prices import batch_price, price_for
-from ratelane._http.batch_api import BatchAPI, BatchInfo
+from ratelane._http.batch_api import BatchAPI, BatchInfo, FilePage
 from ratelane._http.transport import Transport
 from ratelane._http.wire import DEFAULT_BASE_URL
 
@@ -48,6 +50,7 @@ from .batch_merge import Merger
 from .batch_options import BatchRunOptions, poll_delay
 from .batch_plan import ChunkLimits, plan_chunks
 from .batch_state import BatchState, Chunk, chunk_directory
+from .batch_uploads import find_uploads
 from .checkpoint import DoneSet, ResultWriter
 from .input import BatchLine, ValidationReport, iter_batch_requests
 
@@ -68,6 +71,8 @@ _SHOWN_LINES = 10
 #: Batches of one chunk that expire or are cancelled in a row, having run nothing, before
 #: the run stops (a user's `batch cancel` counts once; a service that never runs it, more).
 _MAX_BARREN = 3
+#: Files a page when looking for unrecorded uploads (newest first: they are on the first).
+_FILES_PAGE = 1000
 
 
 def batch_transport(options: FileRunOptions) -> Transport:
@@ -193,6 +198,7 @@ class BatchMode:
     async def _loop(self, api: BatchAPI, state: BatchState, merger: Merger) -> bool:
         """Until every line has a success or failed: True when detached."""
         await self._adopt_unrecorded(api, state)
+        await self._adopt_uploads(api, state)
         while not self._stopped:
             if not state.active():
                 if self._left and self._fallback:
@@ -200,6 +206,9 @@ class BatchMode:
                 chunks = await asyncio.to_thread(self._plan, state, merger)
                 if not chunks:
                     return False
+                planned_at = time.time()
+                for chunk in chunks:
+                    chunk.planned_at = planned_at
                 state.chunks.extend(chunks)
                 await asyncio.to_thread(state.save)
                 if self._left:
@@ -281,8 +290,11 @@ class BatchMode:
                     state.chunks.remove(chunk)
                     await asyncio.to_thread(state.save)
                     continue
+                if not state.token_saved:  # the name must be findable after a crash
+                    await asyncio.to_thread(state.save)
+                name = state.upload_name(chunk)
                 chunk.file_id = await self._call(
-                    f"upload of {chunk.name}", functools.partial(api.upload_file, path)
+                    f"upload of {name}", functools.partial(api.upload_file, path, filename=name)
                 )
                 chunk.status = "uploaded"
                 await asyncio.to_thread(state.save)
@@ -314,6 +326,44 @@ class BatchMode:
                 chunk.name,
             )
             chunk.batch_id, chunk.status, chunk.created_at = info.id, info.status, time.time()
+            await asyncio.to_thread(state.save)
+
+    async def _adopt_uploads(self, api: BatchAPI, state: BatchState) -> None:
+        """Find files uploaded by a run that died before recording them, so none goes twice.
+
+        Only chunks still ``planned`` with their file on disk qualify (a run plans
+        new chunks only once every earlier one is merged, so these are all earlier
+        runs' chunks); they are searched by name and size among files of purpose
+        ``batch``, newest first.
+        """
+        lost = {
+            state.upload_name(chunk): chunk
+            for chunk in state.active()
+            if chunk.status == "planned" and (self._directory / chunk.name).exists()
+        }
+        if not lost:
+            return
+        times = [chunk.planned_at for chunk in lost.values()]
+        not_before = None if None in times else min(t for t in times if t is not None)
+
+        def page(after: str | None) -> Awaitable[FilePage]:
+            return self._call(
+                "list of files",
+                functools.partial(api.list_files, purpose="batch", after=after, limit=_FILES_PAGE),
+            )
+
+        sizes = {name: chunk.bytes for name, chunk in lost.items()}
+        found = await find_uploads(page, sizes, not_before=not_before)
+        for name, info in found.items():
+            chunk = lost[name]
+            logger.warning(
+                "found %s, uploaded as %s by an earlier run that stopped before recording it; "
+                "using it",
+                info.id,
+                name,
+            )
+            chunk.file_id, chunk.status = info.id, "uploaded"
+        if found:
             await asyncio.to_thread(state.save)
 
     async def _create(self, api: BatchAPI, state: BatchState, chunk: Chunk) -> None:

@@ -4,15 +4,18 @@ The batches live on the server for a day; the process that created them may
 not. So everything needed to find them again is written beside OUTPUT before
 and after each step that creates something on the server::
 
-    chunk planned (its INPUT lines, its file on disk)   -> sidecar saved
+    chunk planned (its INPUT lines, its file on disk)   -> sidecar saved (with the run token)
     POST /v1/files answered (file id)                   -> sidecar saved
     POST /v1/batches answered (batch id)                -> sidecar saved
     batch finished, its results merged into OUTPUT      -> sidecar saved
 
 A run that starts finds the sidecar and re-attaches: a chunk with a batch id
 is polled, one with only a file id gets its batch, one with neither is
-uploaded. Nothing is uploaded or created twice, except in the milliseconds
-between a server's answer and the save that records it.
+uploaded. A run killed between a server's answer and the save that records
+it is covered too: each upload is named after the run token and the chunk
+(``upload_name``), so the next run finds it with ``GET /v1/files``
+(``batch_uploads.py``); a batch is found by its input file id with
+``GET /v1/batches``.
 
 Each chunk lists its INPUT line numbers as inclusive ranges (``[[1, 5000],
 [5002, 9000]]``), so a validation error on line ``k`` of a chunk names the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -135,6 +139,8 @@ class Chunk:
     errors: int = 0
     left: int = 0
     refusals: int = 0
+    planned_at: float | None = None  # Unix time its file was written (bounds the upload search)
+    inputs: int = 0  # embedding inputs of an /v1/embeddings chunk (at most 50,000 a batch)
     line_ranges: LineRanges = field(default_factory=LineRanges, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -170,12 +176,18 @@ class Chunk:
 
 @dataclass(slots=True)
 class BatchState:
-    """The sidecar's content: the INPUT it was made from, every chunk so far."""
+    """The sidecar's content: the INPUT it was made from, every chunk so far.
+
+    ``token`` names this run's uploads (``upload_name``); ``token_saved`` says
+    whether the sidecar on disk holds it yet (an older sidecar had none).
+    """
 
     path: Path
     input: str
     chunks: list[Chunk] = field(default_factory=list)
     next_key: int = 1
+    token: str = field(default_factory=lambda: secrets.token_hex(6))
+    token_saved: bool = False
 
     @classmethod
     def load(cls, output_path: StrPath) -> BatchState | None:
@@ -189,12 +201,15 @@ class BatchState:
             data = orjson.loads(raw)
             if data.get("version") != _VERSION:
                 raise ValueError(f"format version {data.get('version')!r}")
-            return cls(
+            state = cls(
                 path=path,
                 input=str(data["input"]),
                 chunks=[Chunk.from_json(item) for item in data["chunks"]],
                 next_key=int(data["next_key"]),
             )
+            if "token" in data:  # older sidecars have none: a new one is saved before uploads
+                state.token, state.token_saved = str(data["token"]), True
+            return state
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigurationError(
                 f"cannot read {path} ({exc}): it records the Batch API batches of {output_path}. "
@@ -221,6 +236,10 @@ class BatchState:
         """Chunks whose results are not merged yet."""
         return [chunk for chunk in self.chunks if not chunk.merged]
 
+    def upload_name(self, chunk: Chunk) -> str:
+        """The filename ``chunk`` is uploaded under: this run's token and the chunk's name."""
+        return f"ratelane-{self.token}-{chunk.name}"
+
     def new_key(self) -> int:
         key = self.next_key
         self.next_key += 1
@@ -233,6 +252,7 @@ class BatchState:
                 "version": _VERSION,
                 "input": self.input,
                 "next_key": self.next_key,
+                "token": self.token,
                 "chunks": [chunk.to_json() for chunk in self.chunks],
             },
             option=orjson.OPT_APPEND_NEWLINE,
@@ -244,6 +264,7 @@ class BatchState:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, self.path)
+            self.token_saved = True
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -34,6 +35,8 @@ __all__ = [
     "BatchAPI",
     "BatchError",
     "BatchInfo",
+    "FileInfo",
+    "FilePage",
     "RequestCounts",
 ]
 
@@ -69,6 +72,13 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _object(body: Any, kind: str) -> Mapping[str, Any]:
+    """``body`` if it is an object with a string ``id``; else TransportError."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("id"), str):
+        raise TransportError(f"the server's answer is not a {kind} object (no 'id')")
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class BatchInfo:
     """What the batch mode needs from a Batch object; unknown fields are ignored."""
@@ -98,8 +108,7 @@ class BatchInfo:
     @classmethod
     def from_wire(cls, body: Any) -> BatchInfo:
         """Parse a Batch object; raise TransportError when it is not one."""
-        if not isinstance(body, Mapping) or not isinstance(body.get("id"), str):
-            raise TransportError("the server's answer is not a Batch object (no 'id')")
+        body = _object(body, "Batch")
         counts = body.get("request_counts")
         counts = counts if isinstance(counts, Mapping) else {}
         errors = body.get("errors")
@@ -137,6 +146,41 @@ class BatchInfo:
             cancelled_at=_int(body.get("cancelled_at")),
             metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What the batch mode needs from a File object; unknown fields are ignored."""
+
+    id: str
+    filename: str | None = None
+    bytes: int | None = None
+    purpose: str | None = None
+    created_at: int | None = None
+
+    @classmethod
+    def from_wire(cls, body: Any) -> FileInfo:
+        """Parse a File object; raise TransportError when it is not one."""
+        body = _object(body, "File")
+        return cls(
+            id=body["id"],
+            filename=_str(body.get("filename")),
+            bytes=_int(body.get("bytes")),
+            purpose=_str(body.get("purpose")),
+            created_at=_int(body.get("created_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FilePage:
+    """One page of ``GET /v1/files``; pass ``last_id`` as ``after`` for the next one."""
+
+    files: tuple[FileInfo, ...]
+    has_more: bool
+
+    @property
+    def last_id(self) -> str | None:
+        return self.files[-1].id if self.files else None
 
 
 def api_error(status: int, raw: bytes, request_id: str | None, what: str) -> APIError:
@@ -202,21 +246,27 @@ class BatchAPI:
 
     # -- files -------------------------------------------------------------------
 
-    async def upload_file(self, path: str | os.PathLike[str], *, purpose: str = "batch") -> str:
-        """Upload a file (multipart, streamed from disk); return its ``file-...`` id."""
+    async def upload_file(
+        self, path: str | os.PathLike[str], *, purpose: str = "batch", filename: str | None = None
+    ) -> str:
+        """Upload a file (multipart, streamed from disk); return its ``file-...`` id.
+
+        ``filename`` is the name the server records (default: the file's own name).
+        """
         source = Path(path)
+        name = filename or source.name
         handle = await asyncio.to_thread(source.open, "rb")
         try:
             with aiohttp.MultipartWriter("form-data") as form:
                 form.append(purpose).set_content_disposition("form-data", name="purpose")
                 part = form.append(handle, {"Content-Type": "application/jsonl"})
-                part.set_content_disposition("form-data", name="file", filename=source.name)
-                body = await self._json("POST", "/v1/files", f"upload of {source.name}", form=form)
+                part.set_content_disposition("form-data", name="file", filename=name)
+                body = await self._json("POST", "/v1/files", f"upload of {name}", form=form)
         finally:
             handle.close()
         file_id = body.get("id") if isinstance(body, Mapping) else None
         if not isinstance(file_id, str):
-            raise TransportError(f"upload of {source.name}: the answer has no file id")
+            raise TransportError(f"upload of {name}: the answer has no file id")
         return file_id
 
     async def download_file(self, file_id: str, dest: str | os.PathLike[str]) -> int:
@@ -245,6 +295,34 @@ class BatchAPI:
         finally:
             partial.unlink(missing_ok=True)
         return written
+
+    async def list_files(
+        self,
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+        order: str = "desc",
+    ) -> FilePage:
+        """One page of the organization's files (newest first unless ``order="asc"``).
+
+        ``purpose`` keeps one purpose only (``"batch"``: uploaded batch input files);
+        ``limit`` is 1-10,000 (the service's default is 10,000).
+        """
+        query: dict[str, str] = {"order": order}
+        if purpose is not None:
+            query["purpose"] = purpose
+        if after is not None:
+            query["after"] = after
+        if limit is not None:
+            query["limit"] = str(limit)
+        path = "/v1/files?" + urlencode(query)
+        body = await self._json("GET", path, "list of files")
+        data = body.get("data") if isinstance(body, Mapping) else None
+        if not isinstance(data, list):
+            raise TransportError("list of files: the answer has no 'data' list")
+        files = tuple(FileInfo.from_wire(item) for item in data)
+        return FilePage(files, bool(body.get("has_more")) and bool(files))
 
     async def delete_file(self, file_id: str) -> None:
         await self._json("DELETE", f"/v1/files/{file_id}", f"delete of {file_id}")

@@ -2,7 +2,8 @@
 
 Routes (authentication is checked by the caller, ``FakeApp``):
 
-- ``POST /v1/files`` (multipart: ``file``, ``purpose``), ``GET /v1/files/{id}``,
+- ``POST /v1/files`` (multipart: ``file``, ``purpose``), ``GET /v1/files``
+  (``purpose``, ``order``, ``after``, ``limit``), ``GET /v1/files/{id}``,
   ``GET /v1/files/{id}/content`` (streamed from disk), ``DELETE /v1/files/{id}``;
 - ``POST /v1/batches``, ``GET /v1/batches`` (``limit``, ``after``),
   ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``;
@@ -34,6 +35,8 @@ _PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data"
 #: The endpoints this fake can answer in a batch (the real service adds a few more).
 _ENDPOINTS = (RESPONSES_PATH, CHAT_PATH, EMBEDDINGS_PATH)
 _CHUNK = 1 << 16
+#: ``GET /v1/files``: the largest and the default page (protocol notes 6.3).
+_MAX_FILES_PAGE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ class BatchRoutes:
         if kind == "files":
             if method == "POST" and not rest:
                 return await self._upload(request)
+            if method == "GET" and not rest:
+                return self._list_files(request)
             if len(rest) == 1 and method in ("GET", "DELETE"):
                 return self._file(method, rest[0])
             if len(rest) == 2 and rest[1] == "content" and method == "GET":
@@ -189,6 +194,32 @@ class BatchRoutes:
             return _invalid("Invalid file format for Batch API. Must be .jsonl", "file")
         return None
 
+    def _list_files(self, request: web.BaseRequest) -> Outcome:
+        """One page of files, newest first unless ``order=asc``, as the real ``GET /v1/files``."""
+        query = request.query
+        try:
+            limit = int(query.get("limit", str(_MAX_FILES_PAGE)))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= _MAX_FILES_PAGE:
+            return _invalid(
+                f"Invalid 'limit': expected an integer from 1 to {_MAX_FILES_PAGE:,}.", "limit"
+            )
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            return _invalid(
+                f"Invalid value for 'order': {order!r}. Supported values are: 'asc' and 'desc'.",
+                "order",
+                "invalid_value",
+            )
+        files = self.files.oldest_first()
+        if order == "desc":
+            files.reverse()
+        purpose = query.get("purpose")
+        if purpose is not None:
+            files = [stored for stored in files if stored.purpose == purpose]
+        return _ok(_page(files, query.get("after"), limit))
+
     def _file(self, method: str, file_id: str) -> Outcome:
         stored = self.files.get(file_id)
         if stored is None:
@@ -252,21 +283,7 @@ class BatchRoutes:
             limit = 0
         if not 1 <= limit <= 100:
             return _invalid("Invalid 'limit': expected an integer from 1 to 100.", "limit")
-        batches = self.batches.newest_first()
-        after = request.query.get("after")
-        if after is not None:
-            ids = [b.id for b in batches]
-            batches = batches[ids.index(after) + 1 :] if after in ids else []
-        page = batches[:limit]
-        return _ok(
-            {
-                "object": "list",
-                "data": [b.wire() for b in page],
-                "first_id": page[0].id if page else None,
-                "last_id": page[-1].id if page else None,
-                "has_more": len(batches) > limit,
-            }
-        )
+        return _ok(_page(self.batches.newest_first(), request.query.get("after"), limit))
 
     def _cancel(self, batch: Batch) -> Outcome:
         if batch.status in TERMINAL or batch.status == "finalizing":
@@ -274,6 +291,21 @@ class BatchRoutes:
             return _invalid(f"Cannot cancel a batch with status '{batch.status}'.", None, None)
         self.batches.cancel(batch)
         return _ok(batch.wire())
+
+
+def _page(items: list[Batch] | list[StoredFile], after: str | None, limit: int) -> dict[str, Any]:
+    """A cursor page: the ``limit`` items following the one whose id is ``after``."""
+    if after is not None:
+        ids = [item.id for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": [item.wire() for item in page],
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+        "has_more": len(items) > limit,
+    }
 
 
 async def drain(request: web.BaseRequest) -> None:

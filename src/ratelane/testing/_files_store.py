@@ -110,6 +110,10 @@ class FileStore:
     def get(self, file_id: str) -> StoredFile | None:
         return self._files.get(file_id)
 
+    def oldest_first(self) -> list[StoredFile]:
+        """Every file, in the order they were created (uploads and batch results alike)."""
+        return list(self._files.values())
+
     def delete(self, file_id: str) -> bool:
         stored = self._files.pop(file_id, None)
         if stored is None:
