@@ -235,3 +235,32 @@ def test_batch_mode_refuses_chained_input_and_background_before_sending(
     assert ran.returncode == 2, ran.stderr
     assert "background mode is for real-time runs" in ran.stderr
     assert not output.exists() or output.read_bytes() == b""
+
+
+def test_parked_children_are_held_not_in_flight() -> None:
+    lines = [("p", None), ("c1", "p"), ("c2", "p"), ("q", None)]
+
+    async def scenario() -> None:
+        def slow(path: str, body: dict[str, Any], number: int) -> Answer | None:
+            return Answer(200, {"id": f"resp_{number}", "status": "completed", "output": []},
+                          latency_s=10.0)  # fmt: skip
+
+        engine = Engine(MockTransport(slow), RateGovernor(), RetryPolicy(), rng=random.Random(0))  # type: ignore[arg-type]
+        run_ = engine.new_run(max_concurrency=8)
+        scheduler = ChainScheduler({"c1": "p", "c2": "p"}, stats=run_.stats, stopping=lambda: False)
+        seen: list[tuple[int, int]] = []
+
+        async def sink(result: Result) -> None:
+            pass
+
+        async def look() -> None:
+            await asyncio.sleep(1.0)  # p and q sent, c1 and c2 parked behind p
+            seen.append((scheduler.held, run_.in_flight))
+
+        requests = iter([(i, Request({"model": MODEL, "input": "x"}, cid))
+                         for i, (cid, _) in enumerate(lines)])  # fmt: skip
+        await asyncio.gather(run_.drive(scheduler.requests(requests), scheduler.sink(sink)), look())
+        assert seen == [(2, 2)]  # 4 lines read: 2 held by the scheduler, 2 on the wire
+        assert scheduler.held == 0 and scheduler.released == 2
+
+    run(scenario())

@@ -101,6 +101,11 @@ class ChainScheduler:
         """Children parked until their parent's result."""
         return sum(map(len, self._waiting.values()))
 
+    @property
+    def held(self) -> int:
+        """Lines read but not handed to the engine: parked, or released and not yet out."""
+        return self.waiting + len(self._ready)
+
     def wake(self) -> None:
         """The run is stopping: a worker waiting for a parent's result looks again."""
         self._changed.set()

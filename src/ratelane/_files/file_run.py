@@ -522,7 +522,8 @@ class FileRun:
         """Requests handed to the engine that have no result yet."""
         if self._feed is None or self._engine_run is None:
             return 0
-        return max(0, self._feed.sent - self._engine_run.stats.completed)
+        held = self._scheduler.held if self._scheduler is not None else 0  # chains (issue 12)
+        return max(0, self._feed.sent - held - self._engine_run.stats.completed)
 
     @property
     def stats(self) -> RunStats | None:
