@@ -209,7 +209,7 @@ class Run:
                 engine.seed_limits = None
                 recall.seed(state.body, engine.governor)
             if engine.spend is not None:  # spend cap (issue 14)
-                self._reserve(state)
+                await self._reserve(state)
             if self.background is not None or state.body.get("background") is True:
                 return await self._background_execute(state)  # background mode (issue 12)
             # Streaming (issue 12): the run's option, a listener, or the body's own "stream": true
@@ -493,17 +493,25 @@ class Run:
             )
 
     # -- operating a run (issue 14): spend cap, circuit breaker, response cache ------
-    def _reserve(self, state: _State) -> None:
-        """Reserve the request's worst-case cost, or stop the run (``NotSent``)."""
+    async def _reserve(self, state: _State) -> None:
+        """Reserve the request's worst-case cost, waiting for requests in flight to settle
+        if it does not fit yet; or stop the run (``NotSent``)."""
         spend = self.engine.spend
         assert spend is not None
         self._charge(state)
-        reserved, refusal = spending.reserve(
-            spend, self.engine, state.body, state.request.path, state.input_estimate
+        reserved, refusal = await spending.reserve(
+            spend,
+            self.engine,
+            state.body,
+            state.request.path,
+            state.input_estimate,
+            stopping=lambda: self.stopping,
         )
         if refusal is not None:
             if self._fatal is None:
                 self._fatal = ("max_cost", refusal)
+            raise NotSent
+        if reserved is None:  # the run began stopping while this request waited
             raise NotSent
         state.reserved_usd = reserved
 

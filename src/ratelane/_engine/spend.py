@@ -13,6 +13,7 @@ from OUTPUT's usage cannot pass the cap, whatever the concurrency.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from ratelane._core.errors import ConfigurationError
@@ -32,6 +33,7 @@ class SpendCap:
         self.spent_usd = spent_usd
         self.reserved_usd = 0.0
         self.refused = 0
+        self._settled: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return (
@@ -52,7 +54,20 @@ class SpendCap:
         self.reserved_usd += worst_case_usd
         return True
 
+    def fits(self, worst_case_usd: float) -> bool:
+        """Whether ``worst_case_usd`` fits under the cap now (reserves nothing)."""
+        return self.spent_usd + self.reserved_usd + worst_case_usd <= self.max_cost_usd
+
+    async def settled(self) -> None:
+        """Wait until some reserved request settles (the room under the cap may have grown)."""
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        await self._settled.wait()
+
     def settle(self, reserved_usd: float, actual_usd: float) -> None:
         """A reserved request finished: it cost ``actual_usd`` (0 if it failed before billing)."""
         self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)
         self.spent_usd += actual_usd
+        event, self._settled = self._settled, None
+        if event is not None:
+            event.set()

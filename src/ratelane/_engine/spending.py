@@ -12,6 +12,7 @@ no price cannot be held to a cap: the run stops before sending it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ratelane._core.prices import worst_case_cost
@@ -37,11 +38,23 @@ def worst_case_of(engine: Engine, body: Any, path: str, input_estimate: int) -> 
     return worst_case_cost(price, input_tokens=input_tokens, max_output_tokens=output)
 
 
-def reserve(
-    cap: SpendCap, engine: Engine, body: Any, path: str, input_estimate: int
-) -> tuple[float, str | None]:
+async def reserve(
+    cap: SpendCap,
+    engine: Engine,
+    body: Any,
+    path: str,
+    input_estimate: int,
+    stopping: Callable[[], bool],
+) -> tuple[float | None, str | None]:
     """Reserve the request's worst case: ``(reserved USD, None)`` when it fits,
-    else ``(0, why the run must stop)``."""
+    else ``(0, why the run must stop)``.
+
+    While requests in flight hold reservations, a request that does not fit waits
+    for them to settle: they usually cost far less than their worst case, and the
+    room they give back lets the run get as close to the cap as it safely can.
+    The run stops only when the request does not fit with nothing in flight.
+    ``(None, None)``: the run began stopping while this request waited.
+    """
     worst = worst_case_of(engine, body, path, input_estimate)
     if worst is None:
         cap.refused += 1
@@ -51,6 +64,10 @@ def reserve(
             '(JSON: {"model": {"input": ..., "cached_input": ..., "output": ...}}, USD per 1M '
             "tokens), or drop max_cost"
         )
+    while not cap.fits(worst) and cap.reserved_usd > 0:
+        await cap.settled()
+        if stopping():
+            return None, None
     if cap.try_reserve(worst):
         return worst, None
     return 0.0, (
