@@ -8,6 +8,7 @@ plainly.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,7 @@ import pytest
 
 import ratelane
 from ratelane import ExitReason, Price
+from ratelane._core.prices import BUILTIN_PRICES
 from ratelane._core.tokens import estimate_input_tokens
 from ratelane._files.projection import project_cost
 from ratelane._files.spent import spent_in_output
@@ -130,3 +132,29 @@ async def test_client_create_under_a_spent_cap_raises_a_fatal_error_naming_the_c
             await client.create({"input": "hi", "max_output_tokens": 5})
     assert stopped.value.reason == "max_cost"
     assert fake_openai.ledger.total == 0
+
+
+async def test_a_tight_cap_with_real_prices_ends_close_to_the_cap(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    # Real (non-round) prices: reservations settle to float residue, which once left
+    # every waiting request waiting for a settle that never came.
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(source)
+    cap = 0.0005
+    stopped = await asyncio.wait_for(
+        ratelane.arun_file(
+            source,
+            output,
+            max_cost=cap,
+            api_key=fake_openai.api_key,
+            base_url=fake_openai.base_url,
+            max_concurrency=32,
+            progress=False,
+        ),
+        timeout=30,
+    )
+    assert stopped.reason is ExitReason.FATAL and stopped.stop_reason == "max_cost"
+    spent = spent_in_output(output, BUILTIN_PRICES)
+    assert 0 < stopped.succeeded < LINES and spent.lines == stopped.succeeded
+    assert spent.usd <= cap and stopped.spent_usd == pytest.approx(spent.usd)

@@ -78,6 +78,7 @@ class _State:
     # Operating a run (issue 14): the spend reserved for this request and what it
     # cost; attempts the circuit breaker forgave (failures during an outage).
     reserved_usd: float = 0.0
+    reserved: bool = False
     cost_usd: float = 0.0
     forgiven: int = 0
 
@@ -225,7 +226,7 @@ class Run:
             return self._finish(state, await self._retry(state, first))
         finally:
             self.in_flight -= 1
-            if state is not None and state.reserved_usd:  # spend cap (issue 14)
+            if state is not None and state.reserved:  # spend cap (issue 14)
                 self._settle(state)
 
     async def _retry(self, state: _State, first: Decision) -> Decision:
@@ -513,13 +514,13 @@ class Run:
             raise NotSent
         if reserved is None:  # the run began stopping while this request waited
             raise NotSent
-        state.reserved_usd = reserved
+        state.reserved_usd, state.reserved = reserved, True
 
     def _settle(self, state: _State) -> None:
         spend = self.engine.spend
         if spend is not None:
             spend.settle(state.reserved_usd, state.cost_usd)
-        state.reserved_usd = 0.0
+        state.reserved_usd, state.reserved = 0.0, False
 
     def _not_sent(self, probe: bool) -> NotSent:
         """A probe that will not be sent lets another request probe."""

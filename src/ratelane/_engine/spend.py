@@ -32,6 +32,8 @@ class SpendCap:
         self.max_cost_usd = max_cost_usd
         self.spent_usd = spent_usd
         self.reserved_usd = 0.0
+        #: Requests holding a reservation (a count: the float sum drifts off zero).
+        self.holders = 0
         self.refused = 0
         self._settled: asyncio.Event | None = None
 
@@ -52,6 +54,7 @@ class SpendCap:
             self.refused += 1
             return False
         self.reserved_usd += worst_case_usd
+        self.holders += 1
         return True
 
     def fits(self, worst_case_usd: float) -> bool:
@@ -66,8 +69,13 @@ class SpendCap:
 
     def settle(self, reserved_usd: float, actual_usd: float) -> None:
         """A reserved request finished: it cost ``actual_usd`` (0 if it failed before billing)."""
-        self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)
+        self.holders = max(0, self.holders - 1)
+        self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd) if self.holders else 0.0
         self.spent_usd += actual_usd
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake every request waiting in :meth:`settled`, to look again."""
         event, self._settled = self._settled, None
         if event is not None:
             event.set()

@@ -64,12 +64,13 @@ async def reserve(
             '(JSON: {"model": {"input": ..., "cached_input": ..., "output": ...}}, USD per 1M '
             "tokens), or drop max_cost"
         )
-    while not cap.fits(worst) and cap.reserved_usd > 0:
+    while not cap.fits(worst) and cap.holders > 0:
         await cap.settled()
         if stopping():
             return None, None
     if cap.try_reserve(worst):
         return worst, None
+    cap.wake()  # the others waiting for room see the run stopping
     return 0.0, (
         f"the spend cap of ${cap.max_cost_usd:,.4f} is reached: ${cap.spent_usd:,.4f} spent, "
         f"${cap.reserved_usd:,.4f} reserved for requests in flight, and the next request may "
