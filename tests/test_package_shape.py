@@ -25,6 +25,7 @@ PUBLIC = [
     "Price",
     "Profile",
     "RatelaneError",
+    "RedisLimiter",
     "Request",
     "RequestTimeout",
     "Result",

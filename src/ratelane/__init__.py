@@ -9,6 +9,8 @@ Public API (everything else is private)::
     summary = ratelane.run_file("requests.jsonl", "results.jsonl", model="gpt-4.1-mini")
 """
 
+from typing import Any
+
 from ._api.client import Client, Results
 from ._api.functions import arun_many, iter_results, run_many
 from ._core.config import PROFILES, Price, Profile, RetryPolicy
@@ -52,6 +54,7 @@ __all__ = [
     "Price",
     "Profile",
     "RatelaneError",
+    "RedisLimiter",
     "Request",
     "RequestTimeout",
     "Result",
@@ -70,3 +73,13 @@ __all__ = [
     "run_file",
     "run_many",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Shared budget (issue 13): redis is an extra (pip install 'ratelane[redis]'), so
+    # RedisLimiter is imported when asked for, not with ratelane.
+    if name == "RedisLimiter":
+        from ._limits.redis_budget import RedisLimiter
+
+        return RedisLimiter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

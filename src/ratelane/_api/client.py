@@ -23,9 +23,12 @@ from ratelane._limits.governor import RateGovernor
 
 from .feed import Items, run_items
 from .options import RunOptions, check_body_fields, run_options
+from .shared import close_governor, shared_governor
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from ratelane._limits.redis_budget import RedisLimiter
 
     from .options import BodyFields
 
@@ -80,6 +83,7 @@ class Client:
         connect_timeout_s: float = 10.0,
         default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
         prices: Mapping[str, Price] | None = None,
+        limiter: RedisLimiter | str | None = None,
         sleep: SleepFn = asyncio.sleep,
         jitter_seed: int | None = None,
         **body: Unpack[BodyFields],
@@ -124,6 +128,13 @@ class Client:
         self._sleep = sleep
         self._seed = jitter_seed
         self._engine: Engine | None = None
+        # Shared budget (issue 13): limiter=, else RATELANE_REDIS_URL; None: the local governor.
+        self._limiter = limiter or os.environ.get("RATELANE_REDIS_URL") or None
+        self._identity = (
+            key,
+            organization or os.environ.get("OPENAI_ORG_ID"),
+            project or os.environ.get("OPENAI_PROJECT_ID"),
+        )
 
     def __repr__(self) -> str:
         governor = self._engine.governor if self._engine is not None else None
@@ -133,10 +144,16 @@ class Client:
         )
 
     async def __aenter__(self) -> Client:
+        governor = RateGovernor(rpm=self._rpm, tpm=self._tpm)
+        if self._limiter is not None:  # shared budget (issue 13); raises before anything is sent
+            model = self._options.body_defaults().model
+            governor = await shared_governor(
+                self._limiter, self._identity, model, rpm=self._rpm, tpm=self._tpm
+            )
         await self._transport.__aenter__()
         self._engine = Engine(
             self._transport,
-            RateGovernor(rpm=self._rpm, tpm=self._tpm),
+            governor,
             self.retry,
             default_output_tokens=self._default_output_tokens,
             prices=self._prices,
@@ -151,8 +168,12 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._transport.__aexit__(exc_type, exc, tb)
-        self._engine = None
+        try:
+            await self._transport.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._engine is not None:
+                await close_governor(self._engine.governor)  # shared budget (issue 13)
+            self._engine = None
 
     @property
     def engine(self) -> Engine:

@@ -22,6 +22,8 @@ from .options import client_arguments
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from ratelane._limits.redis_budget import RedisLimiter
+
     from .options import BodyFields
 
 __all__ = ["arun_many", "iter_results", "run_many"]
@@ -47,6 +49,7 @@ def run_many(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    limiter: RedisLimiter | str | None = None,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Blocking form of arun_many, for scripts and notebooks.
@@ -84,6 +87,7 @@ async def arun_many(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    limiter: RedisLimiter | str | None = None,
     **body: Unpack[BodyFields],
 ) -> Results:
     """Send every item from async code; Results in input order, with ``.stats``.
@@ -117,6 +121,7 @@ def iter_results(
     connect_timeout_s: float = 10.0,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     prices: Mapping[str, Price] | None = None,
+    limiter: RedisLimiter | str | None = None,
     **body: Unpack[BodyFields],
 ) -> AsyncIterator[Result]:
     """Like arun_many, but yield each Result as soon as it completes (``async for``)."""

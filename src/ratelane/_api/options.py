@@ -16,12 +16,15 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ratelane._core.config import PROFILES, Price, Profile, RetryPolicy
 from ratelane._core.errors import ConfigurationError
 from ratelane._core.items import KNOWN_BODY_FIELDS, BodyDefaults
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
+
+if TYPE_CHECKING:
+    from ratelane._limits.redis_budget import RedisLimiter
 
 __all__ = [
     "BodyFields",
@@ -50,6 +53,8 @@ class ClientOptions:
     connect_timeout_s: float = 10.0
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
     prices: Mapping[str, Price] | None = None
+    # One budget shared through Redis (issue 13): a RedisLimiter or a redis:// URL.
+    limiter: RedisLimiter | str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

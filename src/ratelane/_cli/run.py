@@ -47,9 +47,11 @@ from ratelane._files.file_run import (
     empty_input,
 )
 from ratelane._files.input import iter_batch_requests
+from ratelane._files.shard import Shard
 from ratelane._http.wire import DEFAULT_BASE_URL
 
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .many_machines import add_many_machines_arguments, many_machines_flags
 from .summary import RunSummary, format_summary, stop_cause
 
 __all__ = [
@@ -122,6 +124,9 @@ class RunSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     progress: bool = False
     resume_command: str | None = None
+    # Issue 13: one budget shared through Redis, and this process's shard of INPUT.
+    redis_url: str | None = None
+    shard: str | None = None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -204,6 +209,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="validate INPUT, count lines and estimated tokens; send nothing",
     )
+    add_many_machines_arguments(parser)  # issue 13
     parser.set_defaults(handler=run)
     return parser
 
@@ -238,6 +244,7 @@ def resume_command(args: argparse.Namespace) -> str:
         parts += [flag, _number(value) if isinstance(value, int | float) else str(value)]
     if args.no_progress:
         parts.append("--no-progress")
+    parts += many_machines_flags(args)  # issue 13
     return shlex.join(parts)
 
 
@@ -256,6 +263,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         timeout_s=args.timeout or DEFAULT_TIMEOUT_S,
         progress=not args.no_progress and sys.stderr.isatty(),
         resume_command=resume_command(args),
+        redis_url=args.redis_url,
+        shard=args.shard,
     )
 
 
@@ -344,6 +353,8 @@ def run_batch(settings: RunSettings, *, api_key: str) -> int:
             retry=RetryPolicy(max_attempts=settings.max_attempts),
             timeout_s=settings.timeout_s,
             progress=settings.progress,
+            limiter=settings.redis_url,  # None: RATELANE_REDIS_URL or the local governor
+            shard=Shard.parse(settings.shard) if settings.shard else None,
         )
     except ConfigurationError as exc:
         _say(str(exc))

@@ -112,6 +112,9 @@ class RunSummary:
     errors_path: Path
     learned_rpm: float | None = None
     learned_tpm: float | None = None
+    #: ``--shard I/N`` (issue 13): ``lines`` are this shard's, of ``input_lines`` in INPUT.
+    shard: str | None = None
+    input_lines: int = 0
 
     @classmethod
     def of(cls, run: FileRunSummary, *, headline: str) -> RunSummary:
@@ -125,6 +128,8 @@ class RunSummary:
             errors_path=run.errors_path,
             learned_rpm=run.learned_rpm,
             learned_tpm=run.learned_tpm,
+            shard=str(run.shard) if run.shard is not None else None,
+            input_lines=run.input_lines,
         )
 
 
@@ -138,6 +143,14 @@ def format_summary(summary: RunSummary) -> str:
             f"{summary.skipped:,} skipped (already in OUTPUT) of {summary.lines:,} lines",
         ),
     ]
+    if summary.shard is not None:  # issue 13
+        rows.append(
+            (
+                "shard",
+                f"{summary.shard}: {summary.lines:,} of INPUT's {summary.input_lines:,} lines "
+                "(the others belong to other shards; `ratelane merge` combines their OUTPUTs)",
+            )
+        )
     if summary.remaining:
         rows.append(("left", f"{summary.remaining:,} lines still need a success"))
     if stats.completed:

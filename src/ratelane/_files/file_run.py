@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import enum
 import functools
 import os
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ratelane._api.client import Client
 from ratelane._core.batch_line import line_problems
@@ -39,6 +40,9 @@ from ratelane._core.errors import ConfigurationError, FatalError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request, Result, RunStats
 from ratelane._engine.engine import Engine
 from ratelane._limits.governor import RateGovernor
+
+if TYPE_CHECKING:
+    from ratelane._limits.redis_budget import RedisLimiter
 
 from .checkpoint import DoneSet, OutputLock, ResultWriter
 from .input import (
@@ -50,6 +54,7 @@ from .input import (
 from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
 from .progress import Progress
+from .shard import Shard, shard_lines
 from .validated import Fingerprint, load_report, save_report
 
 __all__ = [
@@ -130,6 +135,10 @@ class FileRunOptions:
     prices: Mapping[str, Price] | None = None
     progress: bool = False
     fsync_interval_s: float = FSYNC_INTERVAL_S
+    # Issue 13: one budget shared through Redis (a RedisLimiter or a redis:// URL), and
+    # --shard I/N: only the lines whose shard_of(custom_id, N) == I are sent and counted.
+    limiter: RedisLimiter | str | None = None
+    shard: Shard | None = None
 
     def __post_init__(self) -> None:
         if self.model is not None and not (isinstance(self.model, str) and self.model):
@@ -174,6 +183,10 @@ class FileRunSummary:
     repaired_bytes: int = 0
     revalidated: bool = True
     fast_resume: bool = False
+    #: ``--shard I/N`` (issue 13): ``lines`` etc. count this shard's lines of INPUT's
+    #: ``input_lines``.
+    shard: Shard | None = None
+    input_lines: int = 0
 
     @property
     def ok(self) -> bool:
@@ -254,7 +267,11 @@ def _lines_from(path: Path, start: Position) -> Iterator[tuple[int, int, bytes]]
 
 
 def _requests(
-    path: Path, done: DoneSet, default_model: str | None, prefix: DonePrefix
+    path: Path,
+    done: DoneSet,
+    default_model: str | None,
+    prefix: DonePrefix,
+    shard: Shard | None = None,
 ) -> Iterator[tuple[int, Request]]:
     """``(line_number, Request)`` for each line of INPUT without a success in ``done``,
     from ``prefix.frontier`` on (the lines before it are known done).
@@ -270,11 +287,14 @@ def _requests(
     for number, end, raw in _lines_from(path, before):
         count += 1
         after = (end, number, count)
-        if skipping:
+        if skipping or shard is not None:
             custom_id = _leading_id(raw)
             if custom_id is not None and custom_id in done:
                 prefix.frontier = prefix.last_skip = before = after
                 prefix.skips += 1
+                continue
+            if shard is not None and custom_id is not None and custom_id not in shard:
+                prefix.frontier = before = after  # another shard's line (issue 13)
                 continue
         obj, problem = parse_line(raw)
         if problem is not None:
@@ -293,6 +313,9 @@ def _requests(
                 if skipping and custom_id in done:
                     prefix.frontier = prefix.last_skip = before = after
                     prefix.skips += 1
+                    continue
+                if shard is not None and custom_id not in shard:
+                    prefix.frontier = before = after  # another shard's line (issue 13)
                     continue
                 if default_model is not None and "model" not in body:
                     body = {"model": default_model, **body}
@@ -316,8 +339,9 @@ class _Feed:
         default_model: str | None,
         on_exhausted: Callable[[int], None],
         prefix: DonePrefix,
+        shard: Shard | None = None,
     ) -> None:
-        self._lines = _requests(path, done, default_model, prefix)
+        self._lines = _requests(path, done, default_model, prefix, shard)
         self._on_exhausted = on_exhausted
         self.sent = 0
         self.exhausted = False
@@ -422,6 +446,7 @@ class FileRun:
         self._bar: Any = None
         self._prefix: DonePrefix | None = None
         self._marker: MarkerFile | None = None
+        self._input_lines = 0
 
     # -- control, callable from a signal handler or another task ------------------
     def stop(self) -> None:
@@ -476,6 +501,8 @@ class FileRun:
             timeout_s=options.timeout_s,
             connect_timeout_s=options.connect_timeout_s,
             prices=options.prices,
+            model=options.model,  # names the shared budget (issue 13); bodies get it in _Feed
+            limiter=options.limiter,
         )
 
     def _validated(self) -> tuple[ValidationReport, bool, Fingerprint | None]:
@@ -508,9 +535,11 @@ class FileRun:
         """
         start: Checkpoint | None = None
         earlier: tuple[Checkpoint, ...] = ()
-        if fingerprint is not None and not revalidated:
+        # With --shard (issue 13) the marker is off: its prefix counts every line of INPUT.
+        sharded = self.options.shard is not None
+        if fingerprint is not None and not revalidated and not sharded:
             start, earlier = load_checkpoint(self.output_path, self.input_path, fingerprint)
-        if fingerprint is not None:
+        if fingerprint is not None and not sharded:
             self._marker = MarkerFile(
                 self.output_path, self.input_path, fingerprint, earlier=earlier
             )
@@ -544,6 +573,11 @@ class FileRun:
         report, revalidated, fingerprint = await asyncio.to_thread(self._validated)
         if report.lines == 0:
             raise empty_input(self.input_path)
+        self._input_lines = report.lines
+        shard = self.options.shard
+        if shard is not None:  # issue 13: this shard's lines are the run's lines
+            lines = await asyncio.to_thread(shard_lines, self.input_path, shard)
+            report = dataclasses.replace(report, lines=lines)
         with (
             OutputLock(self.output_path),
             ResultWriter(
@@ -580,6 +614,7 @@ class FileRun:
             default_model=self.options.model,
             on_exhausted=bar.exhausted,
             prefix=prefix,
+            shard=self.options.shard,
         )
         feed.stopped = self._stop_requested  # stop() before sending began: send nothing
         self._feed = feed
@@ -674,6 +709,8 @@ class FileRun:
             repaired_bytes=writer.repaired_bytes,
             revalidated=revalidated,
             fast_resume=fast_resume,
+            shard=self.options.shard,
+            input_lines=self._input_lines,
         )
 
 
@@ -699,6 +736,8 @@ async def arun_file(
     prices: Mapping[str, Price] | None = None,
     progress: bool = True,
     fsync_interval_s: float = FSYNC_INTERVAL_S,
+    limiter: RedisLimiter | str | None = None,
+    shard: Shard | str | None = None,
 ) -> FileRunSummary:
     """Send every request of the Batch-format file ``input``; successes go to ``output``.
 
@@ -723,6 +762,8 @@ async def arun_file(
         prices=prices,
         progress=progress,
         fsync_interval_s=fsync_interval_s,
+        limiter=limiter,
+        shard=Shard.parse(shard) if isinstance(shard, str) else shard,
     )
     return await FileRun(input, output, errors=errors, options=options).run()
 

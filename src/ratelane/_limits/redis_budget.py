@@ -69,9 +69,9 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ratelane._core.errors import ConfigurationError, RatelaneError
+from ratelane._core.redis_url import safe_redis_url
 
 from . import redis_scripts as scripts
 
@@ -120,17 +120,6 @@ def budget_id(
     parts = (api_key or "", organization or "", project or "", model)
     joined = "\x00".join(parts).encode("utf-8")
     return hashlib.blake2b(joined, digest_size=16, person=b"ratelane-budget").hexdigest()
-
-
-def safe_redis_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port is not None else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 # --------------------------------------------------------------------------- limiter
@@ -187,6 +176,20 @@ class RedisLimiter:
                 f"not a Redis URL: {safe_redis_url(url)!r}. HINT: redis://HOST:6379/0"
             )
         self._url = url
+        #: What :meth:`bound` copies: the identity as given (``None``/``""``: not given)...
+        self._identity = (api_key, organization, project, model)
+        #: ...and the tuning.
+        self._tuning: dict[str, Any] = {
+            "key_prefix": key_prefix,
+            "rpm": rpm,
+            "tpm": tpm,
+            "headroom": headroom,
+            "burst_s": burst_s,
+            "timeout_s": timeout_s,
+            "max_wait_s": max_wait_s,
+            "process_ttl_s": process_ttl_s,
+            "sleep": sleep,
+        }
         self._args = (rpm or 0, tpm or 0, headroom, burst_s, _BUCKET_TTL_S)
         self._max_wait_s = max_wait_s
         self._process_ttl_s = process_ttl_s
@@ -219,6 +222,48 @@ class RedisLimiter:
         self.limits: tuple[float | None, float | None] = (rpm, tpm)
         #: Processes counted by the last :meth:`register` (1 before any).
         self.processes = 1
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, password masked (``safe_redis_url``)."""
+        return safe_redis_url(self._url)
+
+    @property
+    def timeout_s(self) -> float:
+        """The bound on every Redis call."""
+        return float(self._tuning["timeout_s"])
+
+    @property
+    def process_ttl_s(self) -> float:
+        return float(self._tuning["process_ttl_s"])
+
+    def bound(
+        self,
+        *,
+        api_key: str | None,
+        organization: str | None,
+        project: str | None,
+        model: str | None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+    ) -> RedisLimiter:
+        """A new limiter (own connections, for the running loop) with this one's URL and
+        tuning, naming the budget of a Client: each part of the identity this limiter
+        was given wins, the Client's fills the rest; ``rpm``/``tpm`` are ceilings used
+        where this limiter has none. ``run_many(..., limiter=RedisLimiter(url))`` binds
+        it to the run's key, organization, project and model this way."""
+        own_key, own_organization, own_project, own_model = self._identity
+        tuning = dict(self._tuning)
+        tuning["rpm"] = tuning["rpm"] if tuning["rpm"] is not None else rpm
+        tuning["tpm"] = tuning["tpm"] if tuning["tpm"] is not None else tpm
+        return RedisLimiter(
+            self._url,
+            api_key=own_key if own_key is not None else api_key,
+            organization=own_organization if own_organization is not None else organization,
+            project=own_project if own_project is not None else project,
+            model=own_model or model or "",
+            **tuning,
+        )
 
     # -- one translation boundary for redis-py errors ------------------------
     @contextlib.contextmanager
