@@ -63,8 +63,10 @@ client does): create one per run.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
+import itertools
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -99,6 +101,8 @@ _BUCKET_TTL_S = 24 * 3600
 #: Connections per process at most: admissions go one at a time (see ``admit``), the
 #: rest (corrections, heartbeats) are short. 100 processes hold at most 800.
 _MAX_CONNECTIONS = 8
+#: One script call admits at most this many seconds' worth of the rate for one process.
+_BATCH_S = 0.02
 
 
 class RedisUnavailableError(RatelaneError, ConnectionError):
@@ -218,6 +222,10 @@ class RedisLimiter:
         self._cooling = self._redis.register_script(scripts.COOLING)
         self._register = self._redis.register_script(scripts.REGISTER)
         self._queue = asyncio.Lock()
+        #: Waiters of this process in arrival order: (requests, tokens, their future).
+        self._waiting: collections.deque[tuple[int, int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
         #: The limits (per minute) in force at the last answer: ``(rpm, tpm)``, None = none.
         self.limits: tuple[float | None, float | None] = (rpm, tpm)
         #: Processes counted by the last :meth:`register` (1 before any).
@@ -301,13 +309,61 @@ class RedisLimiter:
 
     async def admit(self, requests: int = 1, tokens: int = 0) -> None:
         """Wait until admitted, sleeping exactly the waits Redis returns (each at most
-        ``max_wait_s``). Waiters of one process line up locally (first come, first
-        served), so only the first asks Redis and holds a place in the shared
-        queue: no herd of retries. One process admits at most one request per
-        Redis round trip (a few thousand a second on a LAN)."""
-        async with self._queue:
+        ``max_wait_s``).
+
+        Waiters of one process line up locally (first come, first served); the
+        first in line asks Redis for itself *and those queued behind it* in one
+        script call, at most ``_BATCH_S`` (20 ms) of the rate (:meth:`_batch`), and
+        keeps one place in the shared queue. So a process admits many requests per
+        Redis round trip however busy its event loop is (a loop that answers every
+        16 ms still admits a full 600 requests/s), there is no herd of retries, and
+        a batch adds at most 2% of the rate to any one-second window.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((requests, max(0, tokens), future))
+        try:
+            async with self._queue:
+                if not future.done():  # admitted by a batch an earlier waiter asked for
+                    await self._admit_batch(future)
+        except BaseException:
+            future.cancel()  # a cancelled waiter leaves the line (nothing is retrieved)
+            raise
+        future.result()
+
+    async def _admit_batch(self, mine: asyncio.Future[None]) -> None:
+        """Admit batches from the front of the line until ``mine`` is admitted."""
+        while not mine.done():
+            while self._waiting[0][2].done():  # cancelled waiters leave the line here
+                self._waiting.popleft()
+            batch = self._batch()
+            requests = sum(item[0] for item in batch)
+            tokens = sum(item[1] for item in batch)
             while (wait := await self.acquire(requests, tokens)) > 0:
                 await self._sleep(min(wait, self._max_wait_s))
+            for _ in batch:
+                _, _, future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(None)
+
+    def _batch(self) -> list[tuple[int, int, asyncio.Future[None]]]:
+        """The waiters at the front of the line that one call admits: the first, and
+        those after it while the batch stays within ``_BATCH_S`` of each rate (by
+        the limits Redis last reported; just the first while they are unknown)."""
+        rpm, tpm = self.limits
+        headroom = self._args[2]
+        request_room = rpm / 60 * headroom * _BATCH_S if rpm else 0.0
+        token_room = tpm / 60 * headroom * _BATCH_S if tpm else math.inf
+        batch = [self._waiting[0]]
+        requests, tokens = batch[0][0], batch[0][1]
+        for item in itertools.islice(self._waiting, 1, None):
+            if item[2].done():
+                break  # a cancelled waiter: the batch ends before it
+            if requests + item[0] > request_room or tokens + item[1] > token_room:
+                break
+            batch.append(item)
+            requests += item[0]
+            tokens += item[1]
+        return batch
 
     async def correct_tokens(self, delta: int) -> None:
         """Charge ``delta`` more tokens (reported usage above the estimate) or refund

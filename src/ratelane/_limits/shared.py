@@ -76,6 +76,7 @@ class SharedGovernor(RateGovernor):
         self._correcting = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._beat_handle: asyncio.TimerHandle | None = None
+        self._beat_task: asyncio.Task[None] | None = None
         self._closed = False
         #: Times Redis was lost, and re-joined, during this governor's life.
         self.fallbacks = 0
@@ -94,11 +95,19 @@ class SharedGovernor(RateGovernor):
             ) from None
         self._schedule_beat()
 
+    async def flush(self) -> None:
+        """Wait for the background calls (usage corrections, limits, a cool-down), each
+        bounded by the limiter's ``timeout_s``."""
+        while pending := [task for task in self._tasks if task is not self._beat_task]:
+            await asyncio.wait(pending)
+
     async def aclose(self) -> None:
-        """Stop the heartbeat and background calls; unregister; close the connections."""
+        """Stop the heartbeat; let pending corrections reach Redis (so other processes
+        get the refunds); unregister; close the connections."""
         self._closed = True
         if self._beat_handle is not None:
             self._beat_handle.cancel()
+        await self.flush()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -245,7 +254,7 @@ class SharedGovernor(RateGovernor):
     def _beat_now(self) -> None:
         self._beat_handle = None
         if not self._closed:
-            self._spawn(self._beat())
+            self._beat_task = self._spawn(self._beat())
 
     async def _beat(self) -> None:
         """Heartbeat; while alone, the probe that re-joins the shared budget."""
