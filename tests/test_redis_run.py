@@ -3,32 +3,37 @@ a real Redis (``_redis_server.py``) and the fake server, whose ledger says what 
 
 Compressed scale, stated: the issue's 4 processes x 500 lines at 3,000 rpm take 40 s of
 wall time. Here the same structure (4 ``ratelane run`` processes, 500 lines each, one
-budget, the fake server's 1 s quantum) runs at 12x the rate: 36,000 rpm and 3,000,000 tpm
-(3,000 rpm and 250,000 tpm, times 12), so 2,000 requests take about 3.5 s. Every bound
+budget, the fake server's 1 s quantum) runs at 10x the rate: 30,000 rpm and 2,500,000 tpm
+(3,000 rpm and 250,000 tpm, times 10), so 2,000 requests take about 4 s. Every bound
 below is relative to the limit, so it means the same at either scale.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from _inprocess_cli import InProcessCli
+from _rate_windows import busiest_window
 from _redis_server import RedisServer, redis_server
 from ratelane._files.shard import shard_of
+from ratelane._limits.redis_budget import RedisLimiter
 from ratelane.testing import FakeOpenAI, Latency
 
 __all__ = ["redis_server"]
 
-SCALE = 12
+SCALE = 10
 RPM = 3000 * SCALE
 TPM = 250_000 * SCALE
 PROCESSES = 4
@@ -60,14 +65,22 @@ def _ids(path: Path) -> list[str]:
     return [orjson.loads(line)["custom_id"] for line in path.read_bytes().splitlines() if line]
 
 
-def _max_in_window(times: Sequence[float], window_s: float) -> int:
-    ordered = sorted(times)
-    best, start = 0, 0
-    for end, value in enumerate(ordered):
-        while value - ordered[start] >= window_s:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
+async def _open_together(url: str, api_key: str, count: int) -> None:
+    """Hold the processes' shared budget closed (a cool-down, renewed) until ``count`` of
+    them registered, then let it open for all at once: they start one after the other
+    on a loaded machine, and each would otherwise do much of its work alone."""
+    gate = RedisLimiter(url, api_key=api_key)  # the budget of `ratelane run` with that key
+    client = aioredis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 30
+        while await client.zcard(gate.processes_key) < count:
+            assert time.monotonic() < deadline, "the processes did not all start"
+            await gate.cool_down(0.5)
+            await asyncio.sleep(0.1)
+        await gate.cool_down(0.3)  # the last one's first request meets the gate too
+    finally:
+        await client.aclose()
+        await gate.aclose()
 
 
 @pytest.mark.slow
@@ -97,14 +110,17 @@ def test_four_processes_share_one_budget_at_the_limit(
                     ),
                 )
             )
+        asyncio.run(_open_together(redis_server.url, server.api_key, PROCESSES))
+        warnings = []
         for output, process in runs:
             _, stderr = process.communicate(timeout=60)
             assert process.returncode == 0, stderr.decode()
             assert len(set(_ids(output))) == LINES
+            warnings += [line for line in stderr.decode().splitlines() if "warning" in line]
         entries = [entry for entry in server.ledger.entries if entry.path == "/v1/responses"]
     assert len(entries) >= PROCESSES * LINES
     rejected = sum(1 for entry in entries if entry.status == 429)
-    assert rejected <= 0.01 * len(entries), rejected
+    assert rejected <= 0.01 * len(entries), (rejected, warnings)
     admitted = sorted(entry.time_s for entry in entries if entry.admitted)
     per_s = RPM / 60
     # Steady state: while all four run (the processes start one after the other on a
@@ -120,10 +136,13 @@ def test_four_processes_share_one_budget_at_the_limit(
     steady = [time for time in admitted if first <= time <= last]
     achieved = len(steady) / (last - first)
     assert achieved >= 0.97 * per_s, (achieved, per_s, last - first)
-    # The short-period quantum, across all four: no 1 s window holds more than the shared
-    # bucket (0.5 s of the rate) plus one second of refill, which is below the server's
-    # burst (a 1 s quantum of the limit) plus a second.
-    assert _max_in_window(admitted, 1.0) <= 1.5 * per_s + 2
+    # The short-period quantum, across all four: in no 1 s window did the server get more
+    # than its burst (a 1 s quantum of the limit) plus a second of refill. (The shared
+    # bucket's own bound, 0.5 s of the rate plus a second, is checked on Redis' clock in
+    # test_redis_budget.py; arrival times here carry each process's and the server's
+    # loop delays.)
+    busiest = busiest_window(admitted, 1.0)[0]
+    assert busiest <= 2 * per_s, busiest
     # Each process got a fair part: nobody starved.
     counts = [sum(1 for e in entries if (e.custom_id or "").startswith(f"p{i}-")) for i in range(4)]
     assert min(counts) >= LINES, counts

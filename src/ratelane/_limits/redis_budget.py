@@ -412,6 +412,11 @@ class RedisLimiter:
         self.processes = max(1, int(count))
         return self.processes
 
+    async def reconnect(self) -> None:
+        """Drop every pooled connection (a restarted Redis broke them all), so the next
+        calls connect afresh instead of each meeting a dead connection once."""
+        await self._redis.connection_pool.disconnect()
+
     async def aclose(self) -> None:
         """Stop counting this process and close the connections (Redis may be gone)."""
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):

@@ -24,7 +24,7 @@ whose admissions also draw from a :class:`~.redis_budget.RedisLimiter`:
   The local bucket starts with half a second of the share, the re-joined shared
   one with half a second of the limit: never an unbounded burst.
 
-A heartbeat (``register``) every third of ``process_ttl_s`` keeps ``N`` current and
+A heartbeat (``register``) every second keeps ``N`` current and
 notices a lost Redis even while nothing is admitted. Call :meth:`start` before
 sending (an unreachable Redis is a :class:`ConfigurationError` then, nothing
 sent) and :meth:`aclose` at the end; the Client does both.
@@ -47,6 +47,9 @@ from .redis_budget import RedisLimiter, RedisUnavailableError
 __all__ = ["SharedGovernor"]
 
 logger = logging.getLogger("ratelane")
+
+#: Seconds between heartbeats (``register``) while Redis answers.
+_HEARTBEAT_S = 1.0
 
 
 class SharedGovernor(RateGovernor):
@@ -243,10 +246,12 @@ class SharedGovernor(RateGovernor):
             return
         if self._beat_handle is not None:
             self._beat_handle.cancel()
+        # Every second (at most a third of the registration's life): processes that start
+        # together learn of each other at once, so a fallback's share 1/N is right early.
         delay = (
             self._policy.probe_interval_s
             if self._alone is not None
-            else self.limiter.process_ttl_s / 3
+            else min(_HEARTBEAT_S, self.limiter.process_ttl_s / 3)
         )
         loop = asyncio.get_running_loop()
         self._beat_handle = loop.call_later(delay, self._beat_now)
@@ -259,6 +264,8 @@ class SharedGovernor(RateGovernor):
     async def _beat(self) -> None:
         """Heartbeat; while alone, the probe that re-joins the shared budget."""
         try:
+            if self._alone is not None:
+                await self.limiter.reconnect()
             await self.limiter.register()
             if self._alone is not None:
                 rpm, tpm = self._limits()
