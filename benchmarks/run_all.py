@@ -34,6 +34,7 @@ import scenario_gateway
 import scenario_huge_file
 import scenario_limit_change
 import scenario_overhead
+import scenario_redis
 import scenario_request_limit
 import scenario_token_limit
 from _bench import BENCH_DIR, Context, Placement, use_one_process
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
         scenario_huge_file,
         scenario_faults,
         scenario_gateway,
+        scenario_redis,
     )
 }
 

@@ -31,6 +31,7 @@ SCENARIOS = (
     "huge_file",
     "faults",
     "gateway",
+    "redis",
 )
 
 

@@ -16,19 +16,16 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from _inprocess_cli import InProcessCli
 from _rate_windows import busiest_window
-from _redis_server import RedisServer, redis_server
+from _redis_server import RedisServer, open_together, redis_server
 from ratelane._files.shard import shard_of
-from ratelane._limits.redis_budget import RedisLimiter
 from ratelane.testing import FakeOpenAI, Latency
 
 __all__ = ["redis_server"]
@@ -65,24 +62,6 @@ def _ids(path: Path) -> list[str]:
     return [orjson.loads(line)["custom_id"] for line in path.read_bytes().splitlines() if line]
 
 
-async def _open_together(url: str, api_key: str, count: int) -> None:
-    """Hold the processes' shared budget closed (a cool-down, renewed) until ``count`` of
-    them registered, then let it open for all at once: they start one after the other
-    on a loaded machine, and each would otherwise do much of its work alone."""
-    gate = RedisLimiter(url, api_key=api_key)  # the budget of `ratelane run` with that key
-    client = aioredis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 30
-        while await client.zcard(gate.processes_key) < count:
-            assert time.monotonic() < deadline, "the processes did not all start"
-            await gate.cool_down(0.5)
-            await asyncio.sleep(0.1)
-        await gate.cool_down(0.3)  # the last one's first request meets the gate too
-    finally:
-        await client.aclose()
-        await gate.aclose()
-
-
 @pytest.mark.slow
 def test_four_processes_share_one_budget_at_the_limit(
     redis_server: RedisServer, tmp_path: Path
@@ -110,7 +89,7 @@ def test_four_processes_share_one_budget_at_the_limit(
                     ),
                 )
             )
-        asyncio.run(_open_together(redis_server.url, server.api_key, PROCESSES))
+        asyncio.run(open_together(redis_server.url, server.api_key, PROCESSES))
         warnings = []
         for output, process in runs:
             _, stderr = process.communicate(timeout=60)
