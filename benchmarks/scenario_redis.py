@@ -236,7 +236,8 @@ def run(ctx: Context) -> dict[str, Any]:
             f"p99 {latency['p99_ms']:.2f} ms; Redis reports "
             f"{per_count[-1]['usec_per_script_call']:.0f} us per script call",
             "script calls per admission include the heartbeats (one a second per process), "
-            "the usage corrections (batched while one is in flight) and the shared limits",
+            "the usage corrections (summed, one call a quarter second at most) and the shared "
+            "limits",
         ],
         plots=plots,
     )

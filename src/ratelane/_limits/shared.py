@@ -14,8 +14,9 @@ whose admissions also draw from a :class:`~.redis_budget.RedisLimiter`:
 * **cool_down**: a 429 pauses this process at once and closes the shared
   budget for everyone (``RedisLimiter.cool_down``: emptied buckets, no burst after).
 * **settle**: the token charge of an answered request is corrected from its
-  reported usage (refund or charge). Corrections queue locally while one is in
-  flight and go as one call, so a busy process makes a few calls, not one per answer.
+  reported usage (refund or charge). Corrections are summed locally and sent as
+  one call every quarter second at most, so a busy process makes a few calls a
+  second, not one per answer.
 * **Redis lost** (any call raises :class:`~.redis_budget.RedisUnavailableError`):
   the process paces alone at ``1/N`` of the limit (``N`` = processes that
   registered recently, :class:`~.fallback.FallbackPolicy`), logs it, keeps every
@@ -48,6 +49,9 @@ __all__ = ["SharedGovernor"]
 
 logger = logging.getLogger("ratelane")
 
+#: Usage corrections are summed locally and sent at most this often (seconds).
+_CORRECT_EVERY_S = 0.25
+
 #: Seconds between heartbeats (``register``) while Redis answers.
 _HEARTBEAT_S = 1.0
 
@@ -76,7 +80,7 @@ class SharedGovernor(RateGovernor):
         self._pushed: tuple[float | None, float | None] = (None, None)
         self._learning: asyncio.Future[None] | None = None
         self._owed = 0
-        self._correcting = False
+        self._correct_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._beat_handle: asyncio.TimerHandle | None = None
         self._beat_task: asyncio.Task[None] | None = None
@@ -101,6 +105,9 @@ class SharedGovernor(RateGovernor):
     async def flush(self) -> None:
         """Wait for the background calls (usage corrections, limits, a cool-down), each
         bounded by the limiter's ``timeout_s``."""
+        if self._correct_handle is not None:
+            self._correct_handle.cancel()
+            self._correct_now()
         while pending := [task for task in self._tasks if task is not self._beat_task]:
             await asyncio.wait(pending)
 
@@ -167,11 +174,18 @@ class SharedGovernor(RateGovernor):
         return started
 
     def settle(self, charged: int, used: int) -> None:
-        """Correct a request's token charge from its reported usage (``used - charged``)."""
+        """Correct a request's token charge from its reported usage (``used - charged``):
+        summed locally and sent as one call at most every ``_CORRECT_EVERY_S``."""
         self._owed += used - charged
-        if not self._correcting and self._alone is None and self._owed:
-            self._correcting = True
-            self._spawn(self._correct())
+        if self._correct_handle is None and self._alone is None and self._owed:
+            loop = asyncio.get_running_loop()
+            self._correct_handle = loop.call_later(_CORRECT_EVERY_S, self._correct_now)
+
+    def _correct_now(self) -> None:
+        self._correct_handle = None
+        owed, self._owed = self._owed, 0
+        if owed and self._alone is None:
+            self._spawn(self.limiter.correct_tokens(owed))
 
     @property
     def requests_per_minute(self) -> float | None:
@@ -202,14 +216,6 @@ class SharedGovernor(RateGovernor):
 
     async def _shared_cool_down(self, seconds: float) -> None:
         await self.limiter.cool_down(seconds)
-
-    async def _correct(self) -> None:
-        try:
-            while self._owed and self._alone is None:
-                owed, self._owed = self._owed, 0
-                await self.limiter.correct_tokens(owed)
-        finally:
-            self._correcting = False
 
     # -- Redis lost and back -------------------------------------------------------
     def _limits(self) -> tuple[float | None, float | None]:
