@@ -119,6 +119,9 @@ class FileRunOptions:
     ``OPENAI_API_KEY``, ``base_url`` to ``OPENAI_BASE_URL`` or OpenAI's.
     ``fsync_interval_s``: seconds between fsyncs of OUTPUT and ERRORS (0:
     after every line); ``progress``: a tqdm bar (a widget in notebooks).
+    ``limiter``: one budget shared through Redis (a ``RedisLimiter`` or a
+    ``redis://`` URL; default ``RATELANE_REDIS_URL``); ``shard``: send and count
+    only the lines of that ``Shard`` (``ratelane run --shard I/N``).
     """
 
     model: str | None = None
