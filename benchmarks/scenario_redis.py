@@ -144,8 +144,8 @@ def _one_count(
 
 def run(ctx: Context) -> dict[str, Any]:
     rpm = ctx.pick(6_000, RPM, smoke=6_000)
-    counts = ctx.pick(PROCESS_COUNTS, PROCESS_COUNTS, smoke=(1, 2))
-    seconds = ctx.pick(6.0, 20.0, smoke=0.5)
+    counts = ctx.pick(PROCESS_COUNTS, PROCESS_COUNTS, smoke=(2,))
+    seconds = ctx.pick(6.0, 20.0, smoke=0.3)
     lines = max(int(rpm / 60 * seconds), 8)
     per_count: list[dict[str, Any]] = []
     with (
