@@ -152,6 +152,13 @@ def test_four_shards_and_merge_give_every_custom_id_once(
     source = tmp_path / "in.jsonl"
     _write_input(source, ids)
     env = {"OPENAI_API_KEY": server.api_key, "OPENAI_BASE_URL": server.base_url}
+    dry = in_process_cli(
+        "run", source, "-o", tmp_path / "o.jsonl", "--dry-run", "--shard", "1/4", env={}
+    )
+    ones = sum(shard_of(custom_id, 4) == 1 for custom_id in ids)
+    assert (
+        f"0 of {ones} lines of shard 1/4 already have a success; {ones} would be sent" in dry.stdout
+    )
     outputs = []
     for shard in range(4):
         output = tmp_path / f"out.{shard}.jsonl"

@@ -22,7 +22,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from ratelane._files.file_run import (
     empty_input,
 )
 from ratelane._files.input import iter_batch_requests
-from ratelane._files.shard import Shard
+from ratelane._files.shard import Shard, shard_lines
 from ratelane._http.wire import DEFAULT_BASE_URL
 
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -307,14 +307,18 @@ def _dry_run(settings: RunSettings) -> int:
     done = DoneSet.from_output(settings.output_path)
     to_send = report.lines
     missing_model = 0
-    if len(done) or settings.model is None:
+    shard = Shard.parse(settings.shard) if settings.shard else None  # issue 13
+    if len(done) or settings.model is None or shard is not None:
         to_send = 0
-        for line in iter_batch_requests(settings.input_path, skip=done.__contains__):
+        for line in iter_batch_requests(settings.input_path, skip=_skip(done, shard)):
             to_send += 1
             missing_model += "model" not in line.body
     print(report.describe())
+    lines, which = report.lines, "lines"
+    if shard is not None:
+        lines, which = shard_lines(settings.input_path, shard), f"lines of shard {shard}"
     print(
-        f"OUTPUT {settings.output_path}: {report.lines - to_send:,} of {report.lines:,} lines "
+        f"OUTPUT {settings.output_path}: {lines - to_send:,} of {lines:,} {which} "
         f"already have a success; {to_send:,} would be sent"
     )
     if missing_model and settings.model is None:
@@ -324,6 +328,13 @@ def _dry_run(settings: RunSettings) -> int:
         )
     print("dry run: nothing was sent")
     return EXIT_OK
+
+
+def _skip(done: DoneSet, shard: Shard | None) -> Callable[[str], bool]:
+    """Lines a dry run does not count: done ones, and other shards' (issue 13)."""
+    if shard is None:
+        return done.__contains__
+    return lambda custom_id: custom_id in done or custom_id not in shard
 
 
 def _report_invalid(exc: InvalidInputError) -> None:
