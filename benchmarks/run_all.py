@@ -36,6 +36,7 @@ import scenario_huge_file
 import scenario_limit_change
 import scenario_outage
 import scenario_overhead
+import scenario_redis
 import scenario_remembered
 import scenario_request_limit
 import scenario_token_limit
@@ -55,6 +56,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
         scenario_batch,  # Batch API mode (issue 11)
         scenario_remembered,
         scenario_outage,
+        scenario_redis,
     )
 }
 

@@ -13,6 +13,7 @@ with the reason: it never skips.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import shutil
@@ -23,8 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
-__all__ = ["RedisServer", "RedisServerError", "redis_binary", "redis_server"]
+from ratelane._limits.redis_budget import RedisLimiter
+
+__all__ = ["RedisServer", "RedisServerError", "open_together", "redis_binary", "redis_server"]
 
 _START_TIMEOUT_S = 5.0
 
@@ -157,3 +161,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+async def open_together(url: str, api_key: str, count: int) -> None:
+    """Hold the processes' shared budget closed (a cool-down, renewed) until ``count`` of
+    them registered, then let it open for all at once: they start one after the other
+    on a loaded machine, and each would otherwise do much of its work alone."""
+    gate = RedisLimiter(url, api_key=api_key)  # the budget of `ratelane run` with that key
+    client = aioredis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 30
+        while await client.zcard(gate.processes_key) < count:
+            assert time.monotonic() < deadline, "the processes did not all start"
+            await gate.cool_down(0.5)
+            await asyncio.sleep(0.1)
+        await gate.cool_down(0.3)  # the last one's first request meets the gate too
+    finally:
+        await client.aclose()
+        await gate.aclose()

@@ -26,3 +26,10 @@ def in_process_cli(
 ) -> InProcessCli:
     """``ratelane ARGS`` run by ``main(argv)`` in this process (see ``tests/_inprocess_cli.py``)."""
     return InProcessCli(monkeypatch, capsys)
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_budget_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RATELANE_REDIS_URL in the developer's shell must not put every test on Redis
+    (issue 13); the tests of the shared budget pass their own."""
+    monkeypatch.delenv("RATELANE_REDIS_URL", raising=False)

@@ -34,6 +34,7 @@ SCENARIOS = (
     "batch",
     "remembered",
     "outage",
+    "redis",
 )
 
 

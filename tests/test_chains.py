@@ -217,7 +217,7 @@ def test_chain_problems_exit_2_with_line_numbers_and_send_nothing(
     assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
 
 
-def test_batch_mode_refuses_chained_input_and_background_before_sending(
+def test_batch_mode_and_shards_refuse_what_they_cannot_do_before_sending(
     tmp_path: Path, in_process_cli: InProcessCli
 ) -> None:
     source = tmp_path / "in.jsonl"
@@ -234,6 +234,14 @@ def test_batch_mode_refuses_chained_input_and_background_before_sending(
     )
     assert ran.returncode == 2, ran.stderr
     assert "background mode is for real-time runs" in ran.stderr
+    ran = in_process_cli("run", str(source), "-o", str(output), "--shard", "0/2", env=env)
+    assert ran.returncode == 2, ran.stderr
+    assert "a turn and its" in ran.stderr and "without --shard" in ran.stderr
+    ran = in_process_cli(
+        "run", str(source), "-o", str(output), "--via", "batch", "--shard", "0/2", env=env
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert "a Batch API run needs no sharding" in ran.stderr
     assert not output.exists() or output.read_bytes() == b""
 
 

@@ -28,6 +28,7 @@ PUBLIC = [
     "Price",
     "Profile",
     "RatelaneError",
+    "RedisLimiter",
     "Request",
     "RequestTimeout",
     "Result",

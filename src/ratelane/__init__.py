@@ -10,6 +10,8 @@ Public API (everything else is private)::
     for event in ratelane.stream("Hi", model="gpt-4.1-mini"): ...
 """
 
+from typing import Any
+
 from ._api.client import Client, Results
 from ._api.conversations import arun_conversations, run_conversations
 from ._api.functions import arun_many, iter_results, run_many, stream
@@ -60,6 +62,7 @@ __all__ = [
     "Price",
     "Profile",
     "RatelaneError",
+    "RedisLimiter",
     "Request",
     "RequestTimeout",
     "Result",
@@ -83,3 +86,13 @@ __all__ = [
     "stream",
     "submit_batch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Shared budget (issue 13): redis is an extra (pip install 'ratelane[redis]'), so
+    # RedisLimiter is imported when asked for, not with ratelane.
+    if name == "RedisLimiter":
+        from ._limits.redis_budget import RedisLimiter
+
+        return RedisLimiter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

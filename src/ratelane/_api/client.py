@@ -28,10 +28,13 @@ from . import operating
 from .background import BackgroundOption
 from .feed import Items, run_items
 from .options import Prices, RunOptions, check_body_fields, run_options
+from .shared import close_governor, shared_governor
 from .streaming import api_error, stream_events
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from ratelane._limits.redis_budget import RedisLimiter
 
     from .options import BodyFields
 
@@ -97,6 +100,7 @@ class Client:
         breaker: BreakerPolicy | bool = True,
         cache: str | os.PathLike[str] | None = None,
         remember_limits: bool = True,
+        limiter: RedisLimiter | str | None = None,
         sleep: SleepFn = asyncio.sleep,
         jitter_seed: int | None = None,
         stream: bool = False,
@@ -160,6 +164,13 @@ class Client:
         self._sleep = sleep
         self._seed = jitter_seed
         self._engine: Engine | None = None
+        # Shared budget (issue 13): limiter=, else RATELANE_REDIS_URL; None: the local governor.
+        self._limiter = limiter or os.environ.get("RATELANE_REDIS_URL") or None
+        self._identity = (
+            key,
+            organization or os.environ.get("OPENAI_ORG_ID"),
+            project or os.environ.get("OPENAI_PROJECT_ID"),
+        )
 
     def __repr__(self) -> str:
         governor = self._engine.governor if self._engine is not None else None
@@ -169,10 +180,16 @@ class Client:
         )
 
     async def __aenter__(self) -> Client:
+        governor = RateGovernor(rpm=self._rpm, tpm=self._tpm)
+        if self._limiter is not None:  # shared budget (issue 13); raises before anything is sent
+            model = self._options.body_defaults().model
+            governor = await shared_governor(
+                self._limiter, self._identity, model, rpm=self._rpm, tpm=self._tpm
+            )
         await self._transport.__aenter__()
         self._engine = Engine(
             self._transport,
-            RateGovernor(rpm=self._rpm, tpm=self._tpm),
+            governor,
             self.retry,
             default_output_tokens=self._default_output_tokens,
             prices=self._operating.prices,
@@ -188,10 +205,13 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._transport.__aexit__(exc_type, exc, tb)
-        if self._engine is not None:
-            self._operating.close(self._engine)  # issue 14: save limits, close the cache
-        self._engine = None
+        try:
+            await self._transport.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._engine is not None:
+                self._operating.close(self._engine)  # issue 14: save limits, close the cache
+                await close_governor(self._engine.governor)  # shared budget (issue 13)
+            self._engine = None
 
     @property
     def engine(self) -> Engine:

@@ -25,6 +25,8 @@ from .streaming import in_thread
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from ratelane._limits.redis_budget import RedisLimiter
+
     from .options import BodyFields
 
 __all__ = ["arun_many", "iter_results", "run_many", "stream"]
@@ -54,6 +56,7 @@ def run_many(
     breaker: BreakerPolicy | bool = True,
     cache: str | os.PathLike[str] | None = None,
     remember_limits: bool = True,
+    limiter: RedisLimiter | str | None = None,
     stream: bool = False,
     background: bool = False,
     journal: str | os.PathLike[str] | None = None,
@@ -98,6 +101,7 @@ async def arun_many(
     breaker: BreakerPolicy | bool = True,
     cache: str | os.PathLike[str] | None = None,
     remember_limits: bool = True,
+    limiter: RedisLimiter | str | None = None,
     stream: bool = False,
     background: bool = False,
     journal: str | os.PathLike[str] | None = None,
@@ -139,6 +143,7 @@ def iter_results(
     breaker: BreakerPolicy | bool = True,
     cache: str | os.PathLike[str] | None = None,
     remember_limits: bool = True,
+    limiter: RedisLimiter | str | None = None,
     stream: bool = False,
     background: bool = False,
     journal: str | os.PathLike[str] | None = None,
@@ -187,6 +192,7 @@ def stream(
     breaker: BreakerPolicy | bool = True,
     cache: str | os.PathLike[str] | None = None,
     remember_limits: bool = True,
+    limiter: RedisLimiter | str | None = None,
     **fields: Unpack[BodyFields],
 ) -> Iterator[dict[str, Any]]:
     """Stream one request from synchronous code (a script, a notebook cell).

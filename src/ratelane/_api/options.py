@@ -17,13 +17,16 @@ import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ratelane._core.config import PROFILES, Price, Profile, RetryPolicy
 from ratelane._core.errors import ConfigurationError
 from ratelane._core.items import KNOWN_BODY_FIELDS, BodyDefaults
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
 from ratelane._engine.breaker import BreakerPolicy
+
+if TYPE_CHECKING:
+    from ratelane._limits.redis_budget import RedisLimiter
 
 __all__ = [
     "BodyFields",
@@ -63,6 +66,8 @@ class ClientOptions:
     breaker: BreakerPolicy | bool = True
     cache: str | os.PathLike[str] | None = None
     remember_limits: bool = True
+    # One budget shared through Redis (issue 13): a RedisLimiter or a redis:// URL.
+    limiter: RedisLimiter | str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

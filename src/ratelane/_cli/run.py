@@ -22,7 +22,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,10 +52,12 @@ from ratelane._files.file_run import (
 )
 from ratelane._files.input import iter_batch_requests
 from ratelane._files.projection import project_cost
+from ratelane._files.shard import Shard, shard_lines
 from ratelane._http.wire import DEFAULT_BASE_URL
 
 from .batch_flags import add_batch_flags, batch_flag_words, batch_settings, detached_message
 from .main import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .many_machines import add_many_machines_arguments, many_machines_flags
 from .summary import (
     RunSummary,
     failure_advice,
@@ -148,6 +150,9 @@ class RunSettings:
     cache_path: Path | None = None
     breaker: bool = True
     remember_limits: bool = True
+    # Issue 13: one budget shared through Redis, and this process's shard of INPUT.
+    redis_url: str | None = None
+    shard: str | None = None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -245,6 +250,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(default: leave them running; the resume re-attaches)",
     )
     _add_operating_flags(add)
+    add_many_machines_arguments(parser)  # issue 13
     parser.set_defaults(handler=run)
     return parser
 
@@ -326,6 +332,7 @@ def resume_command(args: argparse.Namespace) -> str:
         if on:  # background mode (issue 12)
             parts.append(flag)
     parts += [flag for flag, on in _OFF_FLAGS if getattr(args, on)]
+    parts += many_machines_flags(args)  # issue 13
     return shlex.join(parts)
 
 
@@ -355,6 +362,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         cache_path=args.cache,
         breaker=not args.no_breaker,
         remember_limits=not args.no_remember_limits,
+        redis_url=args.redis_url,
+        shard=args.shard,
     )
 
 
@@ -399,14 +408,18 @@ def _dry_run(settings: RunSettings) -> int:
     done = DoneSet.from_output(settings.output_path)
     to_send = report.lines
     missing_model = 0
-    if len(done) or settings.model is None:
+    shard = Shard.parse(settings.shard) if settings.shard else None  # issue 13
+    if len(done) or settings.model is None or shard is not None:
         to_send = 0
-        for line in iter_batch_requests(settings.input_path, skip=done.__contains__):
+        for line in iter_batch_requests(settings.input_path, skip=_skip(done, shard)):
             to_send += 1
             missing_model += "model" not in line.body
     print(report.describe())
+    lines, which = report.lines, "lines"
+    if shard is not None:
+        lines, which = shard_lines(settings.input_path, shard), f"lines of shard {shard}"
     print(
-        f"OUTPUT {settings.output_path}: {report.lines - to_send:,} of {report.lines:,} lines "
+        f"OUTPUT {settings.output_path}: {lines - to_send:,} of {lines:,} {which} "
         f"already have a success; {to_send:,} would be sent"
     )
     if missing_model and settings.model is None:
@@ -415,7 +428,7 @@ def _dry_run(settings: RunSettings) -> int:
             "fail. HINT: pass --model M"
         )
     try:  # the projected cost range (issue 14)
-        print(_projection(settings, done))
+        print(_projection(settings, _skip(done, shard) if len(done) or shard else None))
     except ConfigurationError as exc:
         _say(str(exc))
         return EXIT_USAGE
@@ -423,11 +436,11 @@ def _dry_run(settings: RunSettings) -> int:
     return EXIT_OK
 
 
-def _projection(settings: RunSettings, done: DoneSet) -> str:
+def _projection(settings: RunSettings, skip: Callable[[str], bool] | None) -> str:
     projection = project_cost(
         settings.input_path,
         price_table(settings.prices_path),
-        skip=done.__contains__ if len(done) else None,
+        skip=skip,
         default_model=settings.model,
     )
     text = projection.describe() + f" (built-in prices as of {PRICES_AS_OF})"
@@ -437,6 +450,13 @@ def _projection(settings: RunSettings, done: DoneSet) -> str:
             "stop there (exit 3), resumable with a higher cap"
         )
     return text
+
+
+def _skip(done: DoneSet, shard: Shard | None) -> Callable[[str], bool]:
+    """Lines a dry run does not count: done ones, and other shards' (issue 13)."""
+    if shard is None:
+        return done.__contains__
+    return lambda custom_id: custom_id in done or custom_id not in shard
 
 
 def _report_invalid(exc: InvalidInputError) -> None:
@@ -475,6 +495,8 @@ def run_batch(settings: RunSettings, *, api_key: str) -> int:
             cache=settings.cache_path,
             breaker=settings.breaker,
             remember_limits=settings.remember_limits,
+            limiter=settings.redis_url,  # None: RATELANE_REDIS_URL or the local governor
+            shard=Shard.parse(settings.shard) if settings.shard else None,
         )
     except ConfigurationError as exc:
         _say(str(exc))

@@ -122,6 +122,9 @@ class RunSummary:
     spent_usd: float | None = None
     max_cost_usd: float | None = None
     cache_problem: str | None = None
+    #: ``--shard I/N`` (issue 13): ``lines`` are this shard's, of ``input_lines`` in INPUT.
+    shard: str | None = None
+    input_lines: int = 0
 
     @classmethod
     def of(cls, run: FileRunSummary, *, headline: str) -> RunSummary:
@@ -138,6 +141,8 @@ class RunSummary:
             spent_usd=run.spent_usd,
             max_cost_usd=run.max_cost_usd,
             cache_problem=run.cache_problem,
+            shard=str(run.shard) if run.shard is not None else None,
+            input_lines=run.input_lines,
         )
 
 
@@ -151,6 +156,14 @@ def format_summary(summary: RunSummary) -> str:
             f"{summary.skipped:,} skipped (already in OUTPUT) of {summary.lines:,} lines",
         ),
     ]
+    if summary.shard is not None:  # issue 13
+        rows.append(
+            (
+                "shard",
+                f"{summary.shard}: {summary.lines:,} of INPUT's {summary.input_lines:,} lines "
+                "(the others belong to other shards; `ratelane merge` combines their OUTPUTs)",
+            )
+        )
     if summary.remaining:
         rows.append(("left", f"{summary.remaining:,} lines still need a success"))
     if stats.completed:

@@ -78,6 +78,8 @@ class Engine:
         self.cache = cache
         self.recall = recall
         self.seed_limits: LimitRecall | None = recall
+        # Shared budget (issue 13): a governor with settle() corrects charges from usage.
+        self._settle: Callable[[int, int], None] | None = getattr(governor, "settle", None)
 
     # -- runs -------------------------------------------------------------------
     def new_run(self, *, max_concurrency: int, stream: bool = False) -> Run:
@@ -161,3 +163,5 @@ class Engine:
             self._input_ratio = max(1.0, 0.9 * self._input_ratio + 0.1 * observed)
         typical = self.typical_tokens
         self.typical_tokens = charged if not typical else (typical * 15 + charged) // 16
+        if self._settle is not None:  # shared budget (issue 13)
+            self._settle(charged, usage.total_tokens)

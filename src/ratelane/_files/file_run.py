@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from ratelane._api.client import Client
 from ratelane._api.options import Prices
@@ -48,6 +48,10 @@ from ratelane._limits.governor import RateGovernor
 from .batch_options import BatchRunOptions
 from .batch_state import warn_uncollected
 from .chains import ChainGraph, ChainInputError, load_chains, parent_ids
+
+if TYPE_CHECKING:
+    from ratelane._limits.redis_budget import RedisLimiter
+
 from .checkpoint import DoneSet, OutputLock, ResultWriter
 from .input import (
     _BOM,
@@ -59,6 +63,7 @@ from .input import _parse as parse_line
 from .marker import START, Checkpoint, DonePrefix, MarkerFile, Position, load_checkpoint
 from .pending import attach_background
 from .progress import Progress
+from .shard import Shard, shard_lines
 from .spent import spent_in_output
 from .validated import Fingerprint, load_report, save_report
 
@@ -129,6 +134,9 @@ class FileRunOptions:
     after every line); ``progress``: a tqdm bar (a widget in notebooks).
     ``max_cost``, ``breaker``, ``cache``, ``remember_limits``: as for ``run_many``
     (issue 14); ``max_cost`` bounds what all of OUTPUT cost, earlier runs included.
+    ``limiter``: one budget shared through Redis (a ``RedisLimiter`` or a
+    ``redis://`` URL; default ``RATELANE_REDIS_URL``); ``shard``: send and count
+    only the lines of that ``Shard`` (``ratelane run --shard I/N``).
     """
 
     model: str | None = None
@@ -157,12 +165,21 @@ class FileRunOptions:
     breaker: BreakerPolicy | bool = True
     cache: StrPath | None = None
     remember_limits: bool = True
+    # Issue 13: one budget shared through Redis (a RedisLimiter or a redis:// URL), and
+    # --shard I/N: only the lines whose shard_of(custom_id, N) == I are sent and counted.
+    limiter: RedisLimiter | str | None = None
+    shard: Shard | None = None
 
     def __post_init__(self) -> None:
         if self.model is not None and not (isinstance(self.model, str) and self.model):
             raise ConfigurationError(f"model must be a non-empty model name, got {self.model!r}")
         if self.via not in ("realtime", "batch"):  # Batch API mode (issue 11)
             raise ConfigurationError(f'via must be "realtime" or "batch", got {self.via!r}')
+        if self.via == "batch" and self.shard is not None:
+            raise ConfigurationError(
+                "--shard splits a real-time run across machines; a Batch API run needs no "
+                "sharding (the service runs it). HINT: drop --shard, or use --via realtime"
+            )
         if self.via == "batch" and (self.background or self.cancel_on_exit):
             raise ConfigurationError(
                 "background mode is for real-time runs: a Batch API run is already "
@@ -216,6 +233,10 @@ class FileRunSummary:
     spent_usd: float | None = None
     max_cost_usd: float | None = None
     cache_problem: str | None = None
+    #: ``--shard I/N`` (issue 13): ``lines`` etc. count this shard's lines of INPUT's
+    #: ``input_lines``.
+    shard: Shard | None = None
+    input_lines: int = 0
 
     @property
     def ok(self) -> bool:
@@ -312,7 +333,11 @@ def _lines_from(path: Path, start: Position) -> Iterator[tuple[int, int, bytes]]
 
 
 def _requests(
-    path: Path, done: DoneSet, default_model: str | None, prefix: DonePrefix
+    path: Path,
+    done: DoneSet,
+    default_model: str | None,
+    prefix: DonePrefix,
+    shard: Shard | None = None,
 ) -> Iterator[tuple[int, Request]]:
     """``(line_number, Request)`` for each line of INPUT without a success in ``done``,
     from ``prefix.frontier`` on (the lines before it are known done).
@@ -328,11 +353,14 @@ def _requests(
     for number, end, raw in _lines_from(path, before):
         count += 1
         after = (end, number, count)
-        if skipping:
+        if skipping or shard is not None:
             custom_id = _leading_id(raw)
             if custom_id is not None and custom_id in done:
                 prefix.frontier = prefix.last_skip = before = after
                 prefix.skips += 1
+                continue
+            if shard is not None and custom_id is not None and custom_id not in shard:
+                prefix.frontier = before = after  # another shard's line (issue 13)
                 continue
         obj, problem = parse_line(raw)
         if problem is not None:
@@ -351,6 +379,9 @@ def _requests(
                 if skipping and custom_id in done:
                     prefix.frontier = prefix.last_skip = before = after
                     prefix.skips += 1
+                    continue
+                if shard is not None and custom_id not in shard:
+                    prefix.frontier = before = after  # another shard's line (issue 13)
                     continue
                 if default_model is not None and "model" not in body:
                     body = {"model": default_model, **body}
@@ -374,8 +405,9 @@ class _Feed:
         default_model: str | None,
         on_exhausted: Callable[[int], None],
         prefix: DonePrefix,
+        shard: Shard | None = None,
     ) -> None:
-        self._lines = _requests(path, done, default_model, prefix)
+        self._lines = _requests(path, done, default_model, prefix, shard)
         self._on_exhausted = on_exhausted
         self.sent = 0
         self.exhausted = False
@@ -491,6 +523,7 @@ class FileRun:
         self._batch_mode: Any = None  # Batch API mode (issue 11): its BatchMode while it runs
         self._chains: ChainGraph | None = None  # chains (issue 12)
         self._scheduler: ChainScheduler | None = None
+        self._input_lines = 0
 
     # -- control, callable from a signal handler or another task ------------------
     def stop(self) -> None:
@@ -554,6 +587,8 @@ class FileRun:
             breaker=options.breaker,
             cache=options.cache,
             remember_limits=options.remember_limits,
+            model=options.model,  # names the shared budget (issue 13); bodies get it in _Feed
+            limiter=options.limiter,
         )
 
     def _validated(self) -> tuple[ValidationReport, bool, Fingerprint | None]:
@@ -586,9 +621,11 @@ class FileRun:
         """
         start: Checkpoint | None = None
         earlier: tuple[Checkpoint, ...] = ()
-        if fingerprint is not None and not revalidated:
+        # With --shard (issue 13) the marker is off: its prefix counts every line of INPUT.
+        sharded = self.options.shard is not None
+        if fingerprint is not None and not revalidated and not sharded:
             start, earlier = load_checkpoint(self.output_path, self.input_path, fingerprint)
-        if fingerprint is not None:
+        if fingerprint is not None and not sharded:
             self._marker = MarkerFile(
                 self.output_path, self.input_path, fingerprint, earlier=earlier
             )
@@ -623,6 +660,12 @@ class FileRun:
         if report.lines == 0:
             raise empty_input(self.input_path)
         self._chains = await asyncio.to_thread(check_chains, self.input_path)  # issue 12
+        if self._chains is not None and self.options.shard is not None:
+            raise InvalidInputError(
+                f"INPUT has {len(self._chains.parent_of):,} chained line(s) "
+                '("previous_custom_id"), and --shard splits lines by custom_id: a turn and its '
+                "parent could land in different shards. HINT: run chained INPUT without --shard"
+            )
         if self._chains is not None and self.options.via == "batch":
             raise InvalidInputError(
                 f"INPUT has {len(self._chains.parent_of):,} chained line(s) "
@@ -630,6 +673,11 @@ class FileRun:
                 "response id before it is submitted. HINT: send this INPUT with --via realtime "
                 "(the default), or move the chained lines to a file of their own"
             )
+        self._input_lines = report.lines
+        shard = self.options.shard
+        if shard is not None:  # issue 13: this shard's lines are the run's lines
+            lines = await asyncio.to_thread(shard_lines, self.input_path, shard)
+            report = dataclasses.replace(report, lines=lines)
         with (
             OutputLock(self.output_path),
             ResultWriter(
@@ -688,6 +736,7 @@ class FileRun:
             default_model=self.options.model,
             on_exhausted=bar.exhausted,
             prefix=prefix,
+            shard=self.options.shard,
         )
         feed.stopped = self._stop_requested  # stop() before sending began: send nothing
         self._feed = feed
@@ -800,6 +849,8 @@ class FileRun:
             repaired_bytes=writer.repaired_bytes,
             revalidated=revalidated,
             fast_resume=fast_resume,
+            shard=self.options.shard,
+            input_lines=self._input_lines,
         )
 
 
@@ -833,6 +884,8 @@ async def arun_file(
     breaker: BreakerPolicy | bool = True,
     cache: StrPath | None = None,
     remember_limits: bool = True,
+    limiter: RedisLimiter | str | None = None,
+    shard: Shard | str | None = None,
 ) -> FileRunSummary:
     """Send every request of the Batch-format file ``input``; successes go to ``output``.
 
@@ -867,6 +920,8 @@ async def arun_file(
         breaker=breaker,
         cache=cache,
         remember_limits=remember_limits,
+        limiter=limiter,
+        shard=Shard.parse(shard) if isinstance(shard, str) else shard,
     )
     return await FileRun(input, output, errors=errors, options=options).run()
 

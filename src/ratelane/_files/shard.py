@@ -14,12 +14,15 @@ Each shard writes its own OUTPUT; ``ratelane merge`` puts them together.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 
 from ratelane._core.errors import ConfigurationError
 
-__all__ = ["Shard", "shard_of"]
+from .input import iter_batch_requests
+
+__all__ = ["Shard", "shard_lines", "shard_of"]
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
@@ -64,3 +67,12 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+def shard_lines(path: str | os.PathLike[str], shard: Shard) -> int:
+    """How many requests of the validated Batch file ``path`` belong to ``shard``
+    (one pass over INPUT; ``ratelane run --shard`` counts its lines with it)."""
+    count = 0
+    for _ in iter_batch_requests(path, skip=lambda custom_id: custom_id not in shard):
+        count += 1
+    return count

@@ -63,15 +63,17 @@ client does): create one per run.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
+import itertools
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ratelane._core.errors import ConfigurationError, RatelaneError
+from ratelane._core.redis_url import safe_redis_url
 
 from . import redis_scripts as scripts
 
@@ -99,6 +101,8 @@ _BUCKET_TTL_S = 24 * 3600
 #: Connections per process at most: admissions go one at a time (see ``admit``), the
 #: rest (corrections, heartbeats) are short. 100 processes hold at most 800.
 _MAX_CONNECTIONS = 8
+#: One script call admits at most this many seconds' worth of the rate for one process.
+_BATCH_S = 0.02
 
 
 class RedisUnavailableError(RatelaneError, ConnectionError):
@@ -120,17 +124,6 @@ def budget_id(
     parts = (api_key or "", organization or "", project or "", model)
     joined = "\x00".join(parts).encode("utf-8")
     return hashlib.blake2b(joined, digest_size=16, person=b"ratelane-budget").hexdigest()
-
-
-def safe_redis_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port is not None else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 # --------------------------------------------------------------------------- limiter
@@ -187,6 +180,20 @@ class RedisLimiter:
                 f"not a Redis URL: {safe_redis_url(url)!r}. HINT: redis://HOST:6379/0"
             )
         self._url = url
+        #: What :meth:`bound` copies: the identity as given (``None``/``""``: not given)...
+        self._identity = (api_key, organization, project, model)
+        #: ...and the tuning.
+        self._tuning: dict[str, Any] = {
+            "key_prefix": key_prefix,
+            "rpm": rpm,
+            "tpm": tpm,
+            "headroom": headroom,
+            "burst_s": burst_s,
+            "timeout_s": timeout_s,
+            "max_wait_s": max_wait_s,
+            "process_ttl_s": process_ttl_s,
+            "sleep": sleep,
+        }
         self._args = (rpm or 0, tpm or 0, headroom, burst_s, _BUCKET_TTL_S)
         self._max_wait_s = max_wait_s
         self._process_ttl_s = process_ttl_s
@@ -215,10 +222,56 @@ class RedisLimiter:
         self._cooling = self._redis.register_script(scripts.COOLING)
         self._register = self._redis.register_script(scripts.REGISTER)
         self._queue = asyncio.Lock()
+        #: Waiters of this process in arrival order: (requests, tokens, their future).
+        self._waiting: collections.deque[tuple[int, int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
         #: The limits (per minute) in force at the last answer: ``(rpm, tpm)``, None = none.
         self.limits: tuple[float | None, float | None] = (rpm, tpm)
         #: Processes counted by the last :meth:`register` (1 before any).
         self.processes = 1
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, password masked (``safe_redis_url``)."""
+        return safe_redis_url(self._url)
+
+    @property
+    def timeout_s(self) -> float:
+        """The bound on every Redis call."""
+        return float(self._tuning["timeout_s"])
+
+    @property
+    def process_ttl_s(self) -> float:
+        return float(self._tuning["process_ttl_s"])
+
+    def bound(
+        self,
+        *,
+        api_key: str | None,
+        organization: str | None,
+        project: str | None,
+        model: str | None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+    ) -> RedisLimiter:
+        """A new limiter (own connections, for the running loop) with this one's URL and
+        tuning, naming the budget of a Client: each part of the identity this limiter
+        was given wins, the Client's fills the rest; ``rpm``/``tpm`` are ceilings used
+        where this limiter has none. ``run_many(..., limiter=RedisLimiter(url))`` binds
+        it to the run's key, organization, project and model this way."""
+        own_key, own_organization, own_project, own_model = self._identity
+        tuning = dict(self._tuning)
+        tuning["rpm"] = tuning["rpm"] if tuning["rpm"] is not None else rpm
+        tuning["tpm"] = tuning["tpm"] if tuning["tpm"] is not None else tpm
+        return RedisLimiter(
+            self._url,
+            api_key=own_key if own_key is not None else api_key,
+            organization=own_organization if own_organization is not None else organization,
+            project=own_project if own_project is not None else project,
+            model=own_model or model or "",
+            **tuning,
+        )
 
     # -- one translation boundary for redis-py errors ------------------------
     @contextlib.contextmanager
@@ -256,13 +309,61 @@ class RedisLimiter:
 
     async def admit(self, requests: int = 1, tokens: int = 0) -> None:
         """Wait until admitted, sleeping exactly the waits Redis returns (each at most
-        ``max_wait_s``). Waiters of one process line up locally (first come, first
-        served), so only the first asks Redis and holds a place in the shared
-        queue: no herd of retries. One process admits at most one request per
-        Redis round trip (a few thousand a second on a LAN)."""
-        async with self._queue:
+        ``max_wait_s``).
+
+        Waiters of one process line up locally (first come, first served); the
+        first in line asks Redis for itself *and those queued behind it* in one
+        script call, at most ``_BATCH_S`` (20 ms) of the rate (:meth:`_batch`), and
+        keeps one place in the shared queue. So a process admits many requests per
+        Redis round trip however busy its event loop is (a loop that answers every
+        16 ms still admits a full 600 requests/s), there is no herd of retries, and
+        a batch adds at most 2% of the rate to any one-second window.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((requests, max(0, tokens), future))
+        try:
+            async with self._queue:
+                if not future.done():  # admitted by a batch an earlier waiter asked for
+                    await self._admit_batch(future)
+        except BaseException:
+            future.cancel()  # a cancelled waiter leaves the line (nothing is retrieved)
+            raise
+        future.result()
+
+    async def _admit_batch(self, mine: asyncio.Future[None]) -> None:
+        """Admit batches from the front of the line until ``mine`` is admitted."""
+        while not mine.done():
+            while self._waiting[0][2].done():  # cancelled waiters leave the line here
+                self._waiting.popleft()
+            batch = self._batch()
+            requests = sum(item[0] for item in batch)
+            tokens = sum(item[1] for item in batch)
             while (wait := await self.acquire(requests, tokens)) > 0:
                 await self._sleep(min(wait, self._max_wait_s))
+            for _ in batch:
+                _, _, future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(None)
+
+    def _batch(self) -> list[tuple[int, int, asyncio.Future[None]]]:
+        """The waiters at the front of the line that one call admits: the first, and
+        those after it while the batch stays within ``_BATCH_S`` of each rate (by
+        the limits Redis last reported; just the first while they are unknown)."""
+        rpm, tpm = self.limits
+        headroom = self._args[2]
+        request_room = rpm / 60 * headroom * _BATCH_S if rpm else 0.0
+        token_room = tpm / 60 * headroom * _BATCH_S if tpm else math.inf
+        batch = [self._waiting[0]]
+        requests, tokens = batch[0][0], batch[0][1]
+        for item in itertools.islice(self._waiting, 1, None):
+            if item[2].done():
+                break  # a cancelled waiter: the batch ends before it
+            if requests + item[0] > request_room or tokens + item[1] > token_room:
+                break
+            batch.append(item)
+            requests += item[0]
+            tokens += item[1]
+        return batch
 
     async def correct_tokens(self, delta: int) -> None:
         """Charge ``delta`` more tokens (reported usage above the estimate) or refund
@@ -310,6 +411,11 @@ class RedisLimiter:
         )
         self.processes = max(1, int(count))
         return self.processes
+
+    async def reconnect(self) -> None:
+        """Drop every pooled connection (a restarted Redis broke them all), so the next
+        calls connect afresh instead of each meeting a dead connection once."""
+        await self._redis.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         """Stop counting this process and close the connections (Redis may be gone)."""
