@@ -272,3 +272,20 @@ def test_parked_children_are_held_not_in_flight() -> None:
         assert scheduler.held == 0 and scheduler.released == 2
 
     run(scenario())
+
+
+@pytest.mark.parametrize("chunk", [7, 19, 20, 21, 64])
+def test_the_chain_marker_is_found_across_every_chunk_boundary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    from ratelane._files import chains
+
+    monkeypatch.setattr(chains, "SCAN_CHUNK", chunk)
+    path = tmp_path / "in.jsonl"
+    for offset in range(3 * chunk):
+        path.write_bytes(b"x" * offset + chains.MARKER + b"y" * 5)
+        assert chains.has_chains(path), (chunk, offset)
+        path.write_bytes(b"x" * offset + chains.MARKER[:-1] + b"y" * 5)
+        assert not chains.has_chains(path), (chunk, offset)
+    path.write_bytes(b"")
+    assert not chains.has_chains(path)
