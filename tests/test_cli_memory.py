@@ -37,7 +37,9 @@ def fake_server_url() -> Iterator[str]:
 
 
 def write_input(path: Path, count: int) -> None:
-    padding = "lorem ipsum dolor sit amet " * 8
+    # Lines of about 1.2 KB: anything that holds INPUT itself (a read-whole-file, a memory
+    # map whose touched pages count in RSS) grows by 12 MB here, three times the margin.
+    padding = "lorem ipsum dolor sit amet " * 40
     with path.open("wb") as file:
         for n in range(count):
             line = {

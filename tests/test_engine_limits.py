@@ -77,6 +77,9 @@ async def test_the_api_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None
             api_key=secret,
             base_url=server.base_url,
             retry=RetryPolicy(initial_wait_s=0.001, max_wait_s=0.005, max_attempts=2),
+            # Should the breaker open under these faults, its pauses stay short (and its
+            # log lines are in the haystack below).
+            breaker=ratelane.BreakerPolicy(pause_s=0.01, max_pause_s=0.05),
         ) as client:
             results = await client.run_many([f"p{i}" for i in range(30)], model="m")
             shown = [repr(client), repr(client.engine.governor), repr(results)]
