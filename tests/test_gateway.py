@@ -58,8 +58,10 @@ async def test_per_key_litellm_limits_are_paced() -> None:
 @pytest.mark.parametrize(
     ("announced", "count", "offset_s", "after_turn_s"),
     # Unannounced, the pace restarts from discovery's floor (60 rpm) and doubles:
-    # fewer lines and a nearer turn keep the test under 5 s.
-    [(True, 60, 58.0, 2.5), (False, 8, 59.0, 4.0)],
+    # fewer lines and a nearer turn keep the test under 5 s. Measured here: 2.3 s and
+    # 3.4 s after the turn; the bounds leave room for a loaded machine, and a run that
+    # crawled at the rate seen while the window was shut would take minutes.
+    [(True, 60, 58.0, 4.0), (False, 8, 59.0, 5.0)],
     ids=["litellm-key-dialect", "unannounced"],
 )
 async def test_a_used_up_fixed_window_completes_soon_after_the_minute_turns(
