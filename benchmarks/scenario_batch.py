@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from cli_scale import _rss_mb, generate  # the same INPUT and RSS units as the CLI scale run
+
 # Reports the child's peak RSS (KiB) and CPU seconds (user + system) on its last line.
 WRAPPER = (
     "import resource, subprocess, sys; "
@@ -47,22 +49,6 @@ RSS_TARGET_MB = 100
 CLIENT_TARGET_S = 30
 NAME = "batch"
 TIME_LIMIT_S = 900
-
-
-def generate(path: Path, lines: int) -> None:
-    padding = "lorem ipsum dolor sit amet " * 7
-    template = (
-        '{"custom_id": "request-%d", "method": "POST", "url": "/v1/responses", "body": '
-        '{"model": "gpt-4.1-mini", "input": "Summarise item %d: ' + padding + '", '
-        '"max_output_tokens": 64}}\n'
-    ).encode()
-    with path.open("wb", buffering=1 << 20) as file:
-        for number in range(lines):
-            file.write(template % (number, number))
-
-
-def _rss_mb(kib: int) -> float:
-    return kib / (1 << 20) if sys.platform == "darwin" else kib / 1024
 
 
 def check_output(path: Path, lines: int) -> tuple[int, int]:

@@ -13,8 +13,6 @@ or a ``Request``. Its ``custom_id`` is ``"conversation-<c>-turn-<t>"``.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,6 +20,7 @@ from ratelane._core.items import to_request
 from ratelane._core.models import Request, Result
 from ratelane._engine.chains import ChainScheduler
 
+from .blocking import run_blocking
 from .client import Client
 
 __all__ = ["arun_conversations", "conversation_turn_id", "run_conversations"]
@@ -89,9 +88,4 @@ def run_conversations(conversations: Iterable[Sequence[Any]], **options: Any) ->
         for turns in chats:
             print([turn.output_text for turn in turns])
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(arun_conversations(conversations, **options))
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ratelane") as pool:
-        return pool.submit(asyncio.run, arun_conversations(conversations, **options)).result()
+    return run_blocking(arun_conversations(conversations, **options))

@@ -7,8 +7,6 @@ body field raises ``TypeError`` at the call, naming the entry point.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ from ratelane._core.models import Result
 from ratelane._core.tokens import DEFAULT_OUTPUT_TOKENS
 from ratelane._engine.breaker import BreakerPolicy
 
+from .blocking import run_blocking
 from .client import Client, Items, Results
 from .options import Prices, client_arguments
 from .streaming import in_thread
@@ -69,12 +68,7 @@ def run_many(
     from a running event loop" and the caller's loop is left untouched.
     """
     client = Client(**client_arguments("run_many", locals()))
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_run(client, items))
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ratelane") as pool:
-        return pool.submit(asyncio.run, _run(client, items)).result()
+    return run_blocking(_run(client, items))
 
 
 async def arun_many(

@@ -171,6 +171,8 @@ LATENCY_SAMPLE_SIZE = 20_000
 
 
 if TYPE_CHECKING:
+    from .config import Price
+
     _FloatArray = array[float]
 else:  # array is not subscriptable at run time before Python 3.12
     _FloatArray = array
@@ -240,6 +242,22 @@ class RunStats:
     @property
     def completed(self) -> int:
         return self.succeeded + self.failed
+
+    def count_usage(self, usage: Usage, price: Price | None) -> float:
+        """Add one answer's tokens, and its cost when ``price`` is known; return the cost."""
+        self.input_tokens += usage.input_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.output_tokens += usage.output_tokens
+        self.reasoning_tokens += usage.reasoning_tokens
+        if price is None:
+            return 0.0
+        cost = price.cost(
+            input_tokens=usage.input_tokens,
+            cached_tokens=usage.cached_tokens,
+            output_tokens=usage.output_tokens,
+        )
+        self.cost_usd = (self.cost_usd or 0.0) + cost
+        return cost
 
     @property
     def requests_per_s(self) -> float:

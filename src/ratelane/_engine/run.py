@@ -456,19 +456,7 @@ class Run:
             return
         engine = self.engine
         engine.learn_usage(usage, charged=self._charge(state), input_estimate=state.input_estimate)
-        stats.input_tokens += usage.input_tokens
-        stats.cached_tokens += usage.cached_tokens
-        stats.output_tokens += usage.output_tokens
-        stats.reasoning_tokens += usage.reasoning_tokens
-        price = engine.price_of(str(state.body.get("model")))
-        if price is not None:
-            cost = price.cost(
-                input_tokens=usage.input_tokens,
-                cached_tokens=usage.cached_tokens,
-                output_tokens=usage.output_tokens,
-            )
-            stats.cost_usd = (stats.cost_usd or 0.0) + cost
-            state.cost_usd = cost
+        state.cost_usd = stats.count_usage(usage, engine.price_of(str(state.body.get("model"))))
 
     def _account_failure(self, result: Result, verdict: Verdict) -> None:
         """Count a failure; a streak of identical permanent ones stops the run.

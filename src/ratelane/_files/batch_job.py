@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from ratelane._api.blocking import blocking, run_blocking
 from ratelane._api.options import RunOptions, check_body_fields
 from ratelane._core.config import Price, Profile
 from ratelane._core.errors import ConfigurationError, FatalError
@@ -29,7 +30,7 @@ from ratelane._core.models import ErrorInfo, Result, Usage
 
 from .batch_control import BatchView, query_batches
 from .batch_options import BatchRunOptions
-from .file_run import ExitReason, FileRun, FileRunOptions, FileRunSummary, _blocking
+from .file_run import ExitReason, FileRun, FileRunOptions, FileRunSummary
 
 __all__ = ["BatchJob", "asubmit_batch", "submit_batch"]
 
@@ -90,15 +91,15 @@ class BatchJob:
 
     def status(self) -> list[BatchView]:
         """Blocking form of :meth:`async_status`."""
-        return _blocking(self.async_status)()
+        return run_blocking(self.async_status())
 
     def wait(self) -> FileRunSummary:
         """Blocking form of :meth:`async_wait`."""
-        return _blocking(self.async_wait)()
+        return run_blocking(self.async_wait())
 
     def results(self) -> list[Result]:
         """Blocking form of :meth:`async_results`."""
-        return _blocking(self.async_results)()
+        return run_blocking(self.async_results())
 
     def _read_results(self) -> list[Result]:
         order: dict[str, int] = {}
@@ -229,6 +230,6 @@ async def asubmit_batch(
     return job
 
 
-submit_batch = _blocking(asubmit_batch)
+submit_batch = blocking(asubmit_batch)
 submit_batch.__name__ = submit_batch.__qualname__ = "submit_batch"
 submit_batch.__doc__ = """Blocking form of :func:`asubmit_batch` (same arguments)."""

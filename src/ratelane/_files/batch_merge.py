@@ -189,14 +189,4 @@ class Merger:
         stats.succeeded += 1
         stats.attempts += 1
         if usage is not None:
-            stats.input_tokens += usage.input_tokens
-            stats.cached_tokens += usage.cached_tokens
-            stats.output_tokens += usage.output_tokens
-            stats.reasoning_tokens += usage.reasoning_tokens
-            if price is not None:
-                cost = price.cost(
-                    input_tokens=usage.input_tokens,
-                    cached_tokens=usage.cached_tokens,
-                    output_tokens=usage.output_tokens,
-                )
-                stats.cost_usd = (stats.cost_usd or 0.0) + cost
+            stats.count_usage(usage, price)

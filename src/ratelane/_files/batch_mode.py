@@ -667,16 +667,9 @@ class BatchMode:
         finished = not (detached or self._stopped or stop is not None or fatal is not None)
         if realtime is not None and run._feed is not None and not run._feed.exhausted:
             finished = False
-        if stop is not None:
-            reason = ExitReason.FATAL
-        elif detached:
-            reason = ExitReason.DETACHED
-        elif not finished:
-            reason = ExitReason.STOPPED
-        elif stats.failed:
-            reason = ExitReason.SOME_FAILED
-        else:
-            reason = ExitReason.COMPLETED
+        reason = ExitReason.of(
+            fatal=stop is not None, detached=detached, finished=finished, failed=stats.failed
+        )
         return FileRunSummary(
             reason=reason,
             input_path=run.input_path,

@@ -33,7 +33,7 @@ import orjson
 
 from ratelane._engine.chains import response_id_of
 
-from .input import _BOM, _READ_BUFFER
+from .input import _READ_BUFFER, _numbered_lines
 
 __all__ = ["MARKER", "ChainGraph", "ChainInputError", "load_chains", "parent_ids"]
 
@@ -105,23 +105,18 @@ def has_chains(path: Path) -> bool:
 
 def _read_lines(path: Path) -> dict[str, _Line]:
     lines: dict[str, _Line] = {}
-    with open(path, "rb", buffering=_READ_BUFFER) as file:
-        for number, raw in enumerate(file, 1):
-            if number == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
-            if raw.isspace() or not raw:
-                continue
-            obj = orjson.loads(raw)  # INPUT was validated: every line is an object
-            body = obj.get("body")
-            body = body if isinstance(body, dict) else {}
-            parent = obj.get("previous_custom_id")
-            lines[obj["custom_id"]] = _Line(
-                number,
-                obj.get("url"),
-                body.get("store") is not False,
-                parent if isinstance(parent, str) else None,
-                "previous_response_id" in body,
-            )
+    for number, raw in _numbered_lines(path):
+        obj = orjson.loads(raw)  # INPUT was validated: every line is an object
+        body = obj.get("body")
+        body = body if isinstance(body, dict) else {}
+        parent = obj.get("previous_custom_id")
+        lines[obj["custom_id"]] = _Line(
+            number,
+            obj.get("url"),
+            body.get("store") is not False,
+            parent if isinstance(parent, str) else None,
+            "previous_response_id" in body,
+        )
     return lines
 
 

@@ -21,18 +21,17 @@ signals: the CLI's handler calls them.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import enum
-import functools
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
+from ratelane._api.blocking import blocking
 from ratelane._api.client import Client
 from ratelane._api.options import Prices
 from ratelane._core.batch_line import line_problems
@@ -83,8 +82,6 @@ __all__ = [
 ]
 
 StrPath = str | os.PathLike[str]
-P = ParamSpec("P")
-T = TypeVar("T")
 
 #: Seconds between fsyncs of OUTPUT and ERRORS (and always at the end).
 FSYNC_INTERVAL_S = 1.0
@@ -114,6 +111,17 @@ class ExitReason(enum.Enum):
     STOPPED = "stopped"
     #: Batch API mode with ``detach``: the batches run on; the same call collects them.
     DETACHED = "detached"
+
+    @classmethod
+    def of(cls, *, fatal: bool, finished: bool, failed: int, detached: bool = False) -> ExitReason:
+        """The reason for a run that stopped fatally, detached, ended early or finished."""
+        if fatal:
+            return cls.FATAL
+        if detached:
+            return cls.DETACHED
+        if not finished:
+            return cls.STOPPED
+        return cls.SOME_FAILED if failed else cls.COMPLETED
 
 
 class InvalidInputError(InputError):
@@ -821,14 +829,11 @@ class FileRun:
         if feed is not None and exhausted:
             skipped = report.lines - feed.sent
         not_sent = max(0, report.lines - skipped - stats.succeeded - stats.failed)
-        if fatal is not None:
-            reason = ExitReason.FATAL
-        elif not exhausted or not_sent:  # not_sent: read, but stopped before an answer
-            reason = ExitReason.STOPPED
-        elif stats.failed:
-            reason = ExitReason.SOME_FAILED
-        else:
-            reason = ExitReason.COMPLETED
+        reason = ExitReason.of(
+            fatal=fatal is not None,
+            finished=exhausted and not not_sent,  # not_sent: read, but stopped before an answer
+            failed=stats.failed,
+        )
         return FileRunSummary(
             reason=reason,
             input_path=self.input_path,
@@ -926,28 +931,7 @@ async def arun_file(
     return await FileRun(input, output, errors=errors, options=options).run()
 
 
-def _blocking(
-    coroutine_function: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, T]:
-    """The blocking form of ``coroutine_function``, with the same typed signature.
-
-    Inside a running event loop (Jupyter), the call runs on a fresh loop in
-    a worker thread, leaving the caller's loop untouched.
-    """
-
-    @functools.wraps(coroutine_function)
-    def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coroutine_function(*args, **kwargs))
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ratelane") as pool:
-            return pool.submit(asyncio.run, coroutine_function(*args, **kwargs)).result()
-
-    return call
-
-
-run_file = _blocking(arun_file)
+run_file = blocking(arun_file)
 run_file.__name__ = run_file.__qualname__ = "run_file"
 run_file.__doc__ = """Blocking form of :func:`arun_file` (same arguments), for scripts, notebooks.
 
