@@ -116,7 +116,7 @@ class Price:
     output_per_million: float
     cached_input_per_million: float | None = None
 
-    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
         cached_rate = (
             self.input_per_million
             if self.cached_input_per_million is None

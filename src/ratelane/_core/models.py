@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from .frozen import quick_init
+
 __all__ = ["ErrorInfo", "LatencySample", "Request", "Result", "RunStats", "Usage"]
 
 SUPPORTED_PATHS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """One request to send: a JSON body for ``path`` (relative to the API root).
@@ -32,10 +35,11 @@ class Request:
 
 
 def _count(mapping: Any, key: str) -> int:
-    value = mapping.get(key) if isinstance(mapping, dict) else None
+    value = mapping.get(key) if type(mapping) is dict else None
     return value if type(value) is int else 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts normalised across endpoints (Responses, Chat Completions, Embeddings)."""
@@ -51,26 +55,31 @@ class Usage:
         """Read ``usage`` from a response body of any supported endpoint, or ``None``."""
         # Bodies come from orjson, so plain dict checks suffice (and are cheaper
         # than the Mapping ABC on this per-result path).
-        if not isinstance(body, dict):
-            return None
-        usage = body.get("usage")
-        if not isinstance(usage, dict):
+        usage = body.get("usage") if type(body) is dict else None
+        if type(usage) is not dict:
             return None
         number = _count
         if "input_tokens" in usage:
-            input_tokens = number(usage, "input_tokens")
-            output_tokens = number(usage, "output_tokens")
+            input_tokens = usage["input_tokens"]
+            output_tokens = usage.get("output_tokens")
             cached = number(usage.get("input_tokens_details"), "cached_tokens")
             reasoning = number(usage.get("output_tokens_details"), "reasoning_tokens")
         else:
-            input_tokens = number(usage, "prompt_tokens")
-            output_tokens = number(usage, "completion_tokens")
+            input_tokens = usage.get("prompt_tokens")
+            output_tokens = usage.get("completion_tokens")
             cached = number(usage.get("prompt_tokens_details"), "cached_tokens")
             reasoning = number(usage.get("completion_tokens_details"), "reasoning_tokens")
-        total = number(usage, "total_tokens") or input_tokens + output_tokens
+        if type(input_tokens) is not int:
+            input_tokens = 0
+        if type(output_tokens) is not int:
+            output_tokens = 0
+        total = usage.get("total_tokens")
+        if type(total) is not int or not total:
+            total = input_tokens + output_tokens
         return cls(input_tokens, cached, output_tokens, reasoning, total)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """Why a request failed: the server's error object, or ours for transport failures.
@@ -116,6 +125,7 @@ def output_text_of(body: Any) -> str:
 _UNPARSED: Any = object()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Result:
     """The outcome of one request. A failure is a Result with ``ok=False``, never an exception.
@@ -178,6 +188,9 @@ else:  # array is not subscriptable at run time before Python 3.12
     _FloatArray = array
 
 
+_append_to_array = array.append
+
+
 class LatencySample(_FloatArray):
     """An ``array('d')`` that keeps a uniform random sample of everything appended to it.
 
@@ -205,7 +218,7 @@ class LatencySample(_FloatArray):
     def append(self, value: float) -> None:
         self.seen += 1
         if len(self) < self.capacity:
-            super().append(value)
+            _append_to_array(self, value)  # array's own append: no super() per value
             return
         slot = self._random.randrange(self.seen)
         if slot < self.capacity:
@@ -251,11 +264,7 @@ class RunStats:
         self.reasoning_tokens += usage.reasoning_tokens
         if price is None:
             return 0.0
-        cost = price.cost(
-            input_tokens=usage.input_tokens,
-            cached_tokens=usage.cached_tokens,
-            output_tokens=usage.output_tokens,
-        )
+        cost = price.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens)
         self.cost_usd = (self.cost_usd or 0.0) + cost
         return cost
 

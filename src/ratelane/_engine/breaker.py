@@ -163,12 +163,15 @@ class CircuitBreaker:
             if self.state is BreakerState.CLOSED and self._tripped():
                 self._open(now, grow=False)
 
-    def record_success(self) -> None:
-        """``record(failed=False)`` for a success that is not the probe: the hot path."""
+    def record_success(self, now: float | None = None) -> None:
+        """``record(failed=False)`` for a success that is not the probe: the hot path.
+
+        ``now``: the loop's time, when the caller has just read it."""
         if self.state is BreakerState.HALF_OPEN:
             self.record(failed=False)
             return
-        now = self._now()
+        if now is None:
+            now = self._now()
         bucket = self._buckets[-1] if now < self._bucket_end else self._bucket(now)
         bucket[1] += 1
         self._count += 1

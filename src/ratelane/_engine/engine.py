@@ -155,7 +155,7 @@ class Engine:
         """Observed input tokens per estimated token (at least 1), for worst-case costs."""
         return self._input_ratio
 
-    def learn_usage(self, usage: Usage, *, charged: int, input_estimate: int) -> None:
+    def learn_usage(self, usage: Usage, charged: int, input_estimate: int) -> None:
         if input_estimate > 0 and usage.input_tokens > 0:
             observed = usage.input_tokens / input_estimate
             # Only ever charge more than the character estimate: the server's own

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -69,11 +69,12 @@ class _State:
     request: Request
     body: Mapping[str, Any]  # the caller's; copied before any parameter is removed
     payload: bytes
-    started: float
+    started: float = 0.0  # the first send; set by the first attempt
+    ended: float = 0.0  # the last answer (or transport error)
     charge: int = -1
     input_estimate: int = 0
     attempts: int = 0
-    dropped: list[str] = field(default_factory=list)
+    dropped: tuple[str, ...] = ()
     stream: StreamState | None = None  # Streaming (issue 12): set when this request streams
     # Operating a run (issue 14): the spend reserved for this request and what it
     # cost; attempts the circuit breaker forgave (failures during an outage).
@@ -101,6 +102,8 @@ class Run:
         self._streak = 0
         self._fatal: tuple[str, str] | None = None
         self._stopping = False
+        # Looked up once per run: a logger's level is not expected to change mid-run.
+        self._debug = logger.isEnabledFor(logging.DEBUG)
         self.stream = stream  # Streaming (issue 12): stream every request that can
         #: Background mode (issue 12): set when the run asks for it, made on first use
         #: by a body with "background": true otherwise (with ``journal``).
@@ -221,7 +224,9 @@ class Run:
                     state.body, state.payload = streamed, orjson.dumps(streamed)
                     state.stream = StreamState(events)
             first = await self._attempt(state)
-            if not first.retries or self.engine.policy.max_attempts == 1:
+            if first.verdict is Verdict.SUCCESS or not first.retries:
+                return self._finish(state, first)
+            if self.engine.policy.max_attempts == 1:
                 return self._finish(state, first)
             return self._finish(state, await self._retry(state, first))
         finally:
@@ -271,13 +276,13 @@ class Run:
 
     def _prepare(self, index: int, request: Request) -> _State:
         body = request.body
-        dropped: list[str] = []
+        dropped: tuple[str, ...] = ()
         known = self.engine.known_drops(body.get("model"))
         if known:
-            dropped = [name for name in known if name in body]
+            dropped = tuple(name for name in known if name in body)
             if dropped:
                 body = {key: value for key, value in body.items() if key not in dropped}
-        return _State(index, request, body, orjson.dumps(body), self._clock(), dropped=dropped)
+        return _State(index, request, body, orjson.dumps(body), dropped=dropped)
 
     def _charge(self, state: _State) -> int:
         if state.charge < 0:
@@ -289,25 +294,28 @@ class Run:
     async def _attempt(self, state: _State) -> Decision:
         engine = self.engine
         governor = engine.governor
-        charge = self._charge(state)
+        charge = state.charge if state.charge >= 0 else self._charge(state)
         refused = refuse_oversized(charge, governor.token_limit)
         if refused is not None:
             return refused
-        if self.stopping:
+        if self._stopping or self._fatal is not None:
             raise NotSent
         breaker = engine.breaker
         probe = False
         if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
             admitted_at, probe = await self._admit_through_circuit(charge)
         else:
-            admitted_at = await governor.admit(charge)
+            # Admission without a coroutine when there is room: the usual case.
+            admitted = governor.try_admit(charge)
+            admitted_at = await governor.admit(charge) if admitted is None else admitted
             if breaker is not None and breaker.state is not BreakerState.CLOSED:  # issue 14
                 admitted_at, probe = await self._admit_through_circuit(charge)  # opened meanwhile
-        if self.stopping:
+        if self._stopping or self._fatal is not None:
             # The run ended (fatal error or stop()) while this request queued for
             # admission: it was never sent, so it gets no Result at all.
             raise self._not_sent(probe)
-        began = self._clock()
+        clock = self._clock
+        began = clock()
         if not state.attempts:
             # Latency runs from the first send, not from queueing for admission.
             state.started = began
@@ -322,18 +330,20 @@ class Run:
                     state.body,
                     attempt=state.attempts,
                     sent_at=admitted_at,
-                    clock=self._clock,
+                    clock=clock,
                 )
             except BaseException:
                 if probe and breaker is not None:  # a cancelled probe (issue 14)
                     breaker.abandon_probe()
                 raise
+            state.ended = clock()
             if decision.verdict is not Verdict.SUCCESS:
                 self._act(state, decision, admitted_at)
         else:
             try:
                 reply = await engine.transport.post(state.request.path, state.payload)
             except TransportError as exc:
+                state.ended = clock()
                 governor.observe(None)
                 decision = decide_transport_error(exc)
             except BaseException:
@@ -341,6 +351,7 @@ class Run:
                     breaker.abandon_probe()
                 raise
             else:
+                state.ended = clock()
                 headers = reply.headers
                 governor.observe(
                     read_rate_limit_headers(headers),
@@ -354,8 +365,9 @@ class Run:
             if probe or decision.verdict is not Verdict.SUCCESS:
                 self._report_to_circuit(breaker, state, decision, probe)
             else:
-                breaker.record_success()
-        self._log_attempt(state, decision, charge, self._clock() - began)
+                breaker.record_success(state.ended)
+        if self._debug:
+            self._log_attempt(state, decision, charge, state.ended - began)
         return decision
 
     def _act(self, state: _State, decision: Decision, sent_at: float) -> None:
@@ -370,7 +382,7 @@ class Run:
         elif verdict is Verdict.DROP_PARAM:
             names = decision.drop
             state.body = {key: value for key, value in state.body.items() if key not in names}
-            state.dropped.extend(names)
+            state.dropped = (*state.dropped, *names)
             state.payload = orjson.dumps(state.body)
             state.charge = -1
             model = str(state.body.get("model"))
@@ -383,8 +395,6 @@ class Run:
     def _log_attempt(
         self, state: _State, decision: Decision, charge: int, latency_s: float
     ) -> None:
-        if not logger.isEnabledFor(logging.DEBUG):  # cached by logging: cheap per attempt
-            return
         body = decision.body if isinstance(decision.body, Mapping) else {}
         logger.debug(
             "attempt custom_id=%s model=%s attempt=%d status=%s verdict=%s latency=%.3fs "
@@ -403,26 +413,30 @@ class Run:
     def _finish(self, state: _State, decision: Decision) -> Result:
         ok = decision.verdict is Verdict.SUCCESS
         usage = Usage.from_body(decision.body) if ok else None
-        result = Result(
-            index=state.index,
-            custom_id=state.request.custom_id or default_custom_id(state.index),
-            ok=ok,
-            status_code=decision.status,
-            raw_body=decision.raw,
-            error=None if ok else decision.error,
-            request_id=decision.request_id,
-            attempts=state.attempts,
-            latency_s=self._clock() - state.started,
-            usage=usage,
-            dropped_params=tuple(state.dropped),
-            path=state.request.path,
-            request_id_header=decision.request_id_header,
+        request = state.request
+        attempts = state.attempts
+        # Sent: from the first send to the last answer; refused before sending: 0.
+        latency_s = state.ended - state.started if attempts else 0.0
+        result = Result(  # positional, in field order: this runs once per request
+            state.index,
+            request.custom_id or default_custom_id(state.index),
+            ok,
+            decision.status,
+            decision.raw,
+            None if ok else decision.error,
+            decision.request_id,
+            attempts,
+            latency_s,
+            usage,
+            state.dropped,
+            request.path,
+            decision.request_id_header,
         )
         stats = self.stats
-        stats.attempts += result.attempts
-        if result.attempts > 1:
+        stats.attempts += attempts
+        if attempts > 1:
             stats.retried += 1
-        stats.latencies_s.append(result.latency_s)
+        stats.latencies_s.append(latency_s)
         if ok:
             self._account_success(state, usage)
             cache = self.engine.cache
@@ -455,8 +469,9 @@ class Run:
         if usage is None:
             return
         engine = self.engine
-        engine.learn_usage(usage, charged=self._charge(state), input_estimate=state.input_estimate)
-        state.cost_usd = stats.count_usage(usage, engine.price_of(str(state.body.get("model"))))
+        charged = state.charge if state.charge >= 0 else self._charge(state)
+        engine.learn_usage(usage, charged, state.input_estimate)
+        state.cost_usd = stats.count_usage(usage, engine.price_of(state.body["model"]))
 
     def _account_failure(self, result: Result, verdict: Verdict) -> None:
         """Count a failure; a streak of identical permanent ones stops the run.

@@ -16,6 +16,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from ratelane._core.errors import ConfigurationError, RequestTimeout, TransportError
+from ratelane._core.frozen import quick_init
 
 from .stream import StreamReply, is_event_stream, sse_events
 from .wire import auth_headers, join_url, mask_key
@@ -23,21 +24,29 @@ from .wire import auth_headers, join_url, mask_key
 __all__ = ["Reply", "Transport", "translated_errors"]
 
 
+def translated(exc: BaseException, url: str) -> BaseException:
+    """The TransportError / RequestTimeout for one of aiohttp's exceptions (others as they are)."""
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout(f"no complete answer from {url} within the timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return TransportError(f"cannot connect to {url}: {exc.os_error}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return TransportError(f"connection to {url} broke while reading the answer")
+    if isinstance(exc, aiohttp.ClientError):
+        return TransportError(f"{type(exc).__name__} talking to {url}: {exc}")
+    return exc
+
+
 @contextmanager
 def translated_errors(url: str) -> Iterator[None]:
     """Turn aiohttp's exceptions raised inside into TransportError / RequestTimeout."""
     try:
         yield
-    except TimeoutError:
-        raise RequestTimeout(f"no complete answer from {url} within the timeout") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise TransportError(f"cannot connect to {url}: {exc.os_error}") from None
-    except aiohttp.ClientPayloadError:
-        raise TransportError(f"connection to {url} broke while reading the answer") from None
-    except aiohttp.ClientError as exc:
-        raise TransportError(f"{type(exc).__name__} talking to {url}: {exc}") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise translated(exc, url) from None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
@@ -115,10 +124,14 @@ class Transport:
         if session is None:
             raise RuntimeError("Transport used outside 'async with'")
         url = self.url_for(path)
-        with translated_errors(url):
+        # translated_errors written out: a context manager per request costs more
+        # than the rest of this method.
+        try:
             async with session.post(url, data=payload) as response:
                 raw = await response.read()
                 return Reply(response.status, response.headers, raw)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise translated(exc, url) from None
 
     # -- Streaming (issue 12) ---------------------------------------------------------
     @asynccontextmanager

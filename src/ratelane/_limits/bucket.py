@@ -88,6 +88,13 @@ class Bucket:
         self._last = now
 
     # -- taking ---------------------------------------------------------------
+    def fits(self, amount: float) -> bool:
+        """Whether :meth:`take` of ``amount`` would succeed now (nothing is taken)."""
+        if self._waiters:
+            return False
+        self._drain(self._bound().time())
+        return self._level + amount <= self._capacity + _EPSILON
+
     def take(self, amount: float) -> bool:
         """Add ``amount`` now if it fits and nobody waits; False means: ``await wait(amount)``."""
         if self._waiters:

@@ -140,6 +140,23 @@ class RateGovernor:
                     self._discovery.admitted += 1
                 return self._now()
 
+    def try_admit(self, tokens: int) -> float | None:
+        """:meth:`admit` when the attempt may start at once: its time, with its share
+        taken. ``None`` when it would have to wait (nothing taken): ``await admit``."""
+        if not self._first_answer.is_set() or not self._gate.is_set():
+            return None
+        bucket = self._tokens if tokens > 0 else None
+        if bucket is not None and not bucket.fits(tokens):
+            return None
+        requests = self._requests
+        if requests is not None and not requests.take(1):
+            return None
+        if bucket is not None:
+            bucket.take(tokens)
+        if self._discovering:
+            self._discovery.admitted += 1
+        return self._now()
+
     def observe(
         self,
         headers: RateLimitHeaders | None,
@@ -156,19 +173,25 @@ class RateGovernor:
         """
         self._first_answer.set()
         self._last_sent_at = sent_at
+        # Retuning with nothing changed is a no-op, so only a new limit, a new
+        # discovered pace or a rate still recovering from a cut (factor < 1) retunes.
+        recovering = self._factor < 1.0
         if headers is None or headers.limit_requests is None:
             if self._discovering and self._discovery.answered(self._now(), sent_at):
                 self._retune()
             if headers is None:
-                self._retune()
+                if recovering:
+                    self._retune()
                 return
         stale = sent_at is not None and sent_at < self._limit_lowered_at
-        self.learned_rpm, lowered_rpm = _learn(self.learned_rpm, headers.limit_requests, stale)
-        self.learned_tpm, lowered_tpm = _learn(self.learned_tpm, headers.limit_tokens, stale)
+        rpm, tpm = self.learned_rpm, self.learned_tpm
+        self.learned_rpm, lowered_rpm = _learn(rpm, headers.limit_requests, stale)
+        self.learned_tpm, lowered_tpm = _learn(tpm, headers.limit_tokens, stale)
         if lowered_rpm or lowered_tpm:
             self._limit_lowered_at = self._now()
         self._discovering = self._rpm_ceiling is None and self.learned_rpm is None
-        self._retune()
+        if recovering or self.learned_rpm != rpm or self.learned_tpm != tpm:
+            self._retune()
         pause = 0.0
         if headers.remaining_requests is not None and headers.remaining_requests < 1:
             rpm = self.learned_rpm or 60.0

@@ -130,6 +130,10 @@ class SharedGovernor(RateGovernor):
         return self._alone is not None
 
     # -- the governor's interface ----------------------------------------------
+    def try_admit(self, tokens: int) -> float | None:
+        """Never at once: admission asks Redis (or this process's share while alone)."""
+        return None
+
     async def admit(self, tokens: int) -> float:
         alone = self._alone
         if alone is not None:
