@@ -452,3 +452,74 @@ def test_done_set_finds_ids_at_every_bucket_edge(count: int) -> None:
     assert all(f"id-{n}" in done for n in range(count))
     assert "top" in done
     assert ("absent" in done) == (12345 in [values[f"id-{n}"] for n in range(count)])
+
+
+# -- append_soon: one os.write per pass of the event loop -----------------------------
+
+
+def test_append_soon_writes_a_pass_of_lines_at_once_in_offset_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from ratelane._files import checkpoint
+
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(fd)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(checkpoint.os, "write", counting_write)
+    output, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+
+    async def scenario() -> list[int]:
+        with ResultWriter(output, errors) as writer:
+            offsets = [writer.append_soon(ok_result(f"a{i}")) for i in range(5)]
+            assert writer.append_soon(http_failure("bad")) == -1
+            assert output.read_bytes() == b""  # nothing written before the pass ends
+            await asyncio.sleep(0)
+            assert len(writes) == 2  # one write for OUTPUT, one for ERRORS
+            offsets.append(writer.append_soon(ok_result("b0")))
+            offsets.append(writer.append(ok_result("b1")))  # immediate: earlier lines first
+            return offsets
+
+    offsets = asyncio.run(scenario())
+    data = output.read_bytes()
+    lines = data.splitlines(keepends=True)
+    assert [orjson.loads(line)["custom_id"] for line in lines] == [
+        "a0",
+        "a1",
+        "a2",
+        "a3",
+        "a4",
+        "b0",
+        "b1",
+    ]
+    starts = [sum(len(line) for line in lines[:i]) for i in range(len(lines))]
+    assert offsets == starts
+    assert [orjson.loads(line)["custom_id"] for line in errors.read_bytes().splitlines()] == ["bad"]
+
+
+def test_append_soon_raises_a_failed_write_at_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from ratelane._files import checkpoint
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    async def scenario() -> None:
+        writer = ResultWriter(tmp_path / "out.jsonl", tmp_path / "errors.jsonl")
+        writer.append_soon(ok_result("a"))
+        monkeypatch.setattr(checkpoint.os, "write", full_disk)
+        await asyncio.sleep(0)  # the pass ends: the write fails in the loop's callback
+        with pytest.raises(OSError, match="No space left"):
+            writer.append_soon(ok_result("b"))
+        with pytest.raises(OSError, match="No space left"):
+            writer.close()
+
+    asyncio.run(scenario())

@@ -24,6 +24,7 @@ last HTTP response when there was one, else ``null``.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import itertools
 import logging
@@ -468,15 +469,22 @@ class ResultWriter:
     when ``fsync_interval_s`` has passed since the last fsync (0: after every
     line) and on :meth:`close`, each time followed by ``on_sync(output_size)``
     (the resume marker's hook). Hold an :class:`OutputLock` while writing.
+
+    Inside an event loop, :meth:`append_soon` defers the write to the end of
+    the loop's current pass, so the lines of every result that arrived in one
+    pass go out in one ``os.write`` (one system call, not one per line).
     """
 
     __slots__ = (
         "_clock",
         "_errors_fd",
+        "_flush_error",
         "_fsync_interval_s",
         "_last_fsync",
         "_on_sync",
         "_output_fd",
+        "_unwritten_errors",
+        "_unwritten_output",
         "errors_path",
         "failed",
         "output_path",
@@ -520,6 +528,10 @@ class ResultWriter:
             os.close(self._output_fd)
             raise
         self._last_fsync = clock()
+        # append_soon's lines not written yet (None: no flush is scheduled).
+        self._unwritten_output: list[bytes] | None = None
+        self._unwritten_errors: list[bytes] = []
+        self._flush_error: OSError | None = None
         #: OUTPUT's length in bytes: where the next success line goes.
         self.output_size = os.fstat(self._output_fd).st_size
         self.succeeded = 0
@@ -539,6 +551,8 @@ class ResultWriter:
         success line (``-1`` for a failure, which goes to ERRORS)."""
         if self._output_fd is None or self._errors_fd is None:
             raise ValueError(f"{self!r} is closed")
+        if self._unwritten_output is not None:
+            self.flush()  # lines go out in the order their offsets were given
         if result.ok:
             line = success_line(result)
             _write_all(self._output_fd, line)
@@ -550,6 +564,52 @@ class ResultWriter:
         self.failed += 1
         return -1
 
+    def append_soon(self, result: Result) -> int:
+        """:meth:`append`, written at the end of this pass of the running event loop.
+
+        A kill -9 before then loses these lines from OUTPUT: they are sent again
+        on resume, never written twice (the resume marker only ever records a
+        size after :meth:`flush`). A write error is raised by the next call.
+        """
+        if self._output_fd is None:
+            raise ValueError(f"{self!r} is closed")
+        if self._flush_error is not None:
+            raise self._flush_error
+        unwritten = self._unwritten_output
+        if unwritten is None:
+            unwritten = self._unwritten_output = []
+            asyncio.get_running_loop().call_soon(self._flush_in_loop)
+        if result.ok:
+            line = success_line(result)
+            unwritten.append(line)
+            offset = self.output_size
+            self.output_size = offset + len(line)
+            self.succeeded += 1
+            return offset
+        self._unwritten_errors.append(failure_line(result))
+        self.failed += 1
+        return -1
+
+    def flush(self) -> None:
+        """Write what :meth:`append_soon` holds (it does so itself at the end of the pass)."""
+        if self._flush_error is not None:
+            raise self._flush_error
+        unwritten, self._unwritten_output = self._unwritten_output, None
+        if self._output_fd is None or self._errors_fd is None or unwritten is None:
+            return
+        if unwritten:
+            _write_all(self._output_fd, b"".join(unwritten))
+        errors = self._unwritten_errors
+        if errors:
+            self._unwritten_errors = []
+            _write_all(self._errors_fd, b"".join(errors))
+
+    def _flush_in_loop(self) -> None:
+        try:
+            self.flush()
+        except OSError as error:  # raised where it can be handled: the next call
+            self._flush_error = error
+
     def sync_if_due(self) -> None:
         """fsync both files if ``fsync_interval_s`` has passed since the last fsync."""
         if self._clock() - self._last_fsync >= self._fsync_interval_s:
@@ -559,6 +619,7 @@ class ResultWriter:
         """fsync both files now, then call ``on_sync`` with OUTPUT's durable size."""
         if self._output_fd is None or self._errors_fd is None:
             return
+        self.flush()
         os.fsync(self._output_fd)
         os.fsync(self._errors_fd)
         self._last_fsync = self._clock()

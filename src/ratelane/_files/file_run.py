@@ -748,7 +748,7 @@ class FileRun:
         )
         feed.stopped = self._stop_requested  # stop() before sending began: send nothing
         self._feed = feed
-        append = writer.append
+        append = writer.append_soon  # one os.write per pass of the loop, not per line
         sync_if_due = writer.sync_if_due
         on_result = self._on_result
         tick = bar.tick
