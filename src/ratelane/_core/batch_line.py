@@ -144,6 +144,25 @@ def line_problems(obj: Any, number: int) -> list[str]:
     return problems
 
 
+def usual_line_id(obj: Any) -> str | None:
+    """The ``custom_id`` of a valid line of the usual shape (a dict with a non-empty
+    string ``custom_id``, ``"method": "POST"``, a supported ``url``, an object
+    ``body``, no chain), told by a few type tests; ``None``: ask :func:`line_problems`."""
+    if type(obj) is not dict:
+        return None
+    custom_id = obj.get("custom_id")
+    if (
+        type(custom_id) is str
+        and custom_id
+        and type(obj.get("body")) is dict
+        and obj.get("url") in SUPPORTED_PATHS
+        and obj.get("method") == "POST"
+        and "previous_custom_id" not in obj
+    ):
+        return custom_id
+    return None
+
+
 def valid_custom_id(obj: Any) -> str | None:
     """The line's ``custom_id`` when it is a non-empty string, else ``None``."""
     if isinstance(obj, dict):

@@ -138,6 +138,8 @@ def to_request(item: Any, index: int, defaults: BodyDefaults) -> Request:
     """
     if isinstance(item, str):
         return Request(defaults.apply({"input": item}, _RESPONSES), default_custom_id(index))
+    if type(item) is dict and "body" not in item:  # a plain body, the usual item: no ABC check
+        return Request(defaults.apply(item, _RESPONSES), default_custom_id(index))
     if isinstance(item, Request):
         line: Any = {
             "custom_id": item.custom_id or default_custom_id(index),

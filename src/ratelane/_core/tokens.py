@@ -56,6 +56,9 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
 def output_budget(body: Mapping[str, Any], default: int = DEFAULT_OUTPUT_TOKENS) -> int:
     """The output cap a request asks for: ``max_output_tokens``, else
     ``max_completion_tokens`` or ``max_tokens`` times ``n``, else ``default``."""
+    cap = body.get("max_output_tokens")
+    if type(cap) is int and cap >= 0 and "n" not in body:  # the usual Responses body
+        return cap
     for field in ("max_output_tokens", "max_completion_tokens", "max_tokens"):
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -118,6 +118,11 @@ class Engine:
             raise FatalError(f"not sent: {message}", reason=reason, stats=run.stats) from None
 
     # -- learned per-model facts ---------------------------------------------------
+    @property
+    def drops_known(self) -> bool:
+        """Whether any model rejected a parameter yet (almost never: a cheap check first)."""
+        return bool(self._dropped_by_model)
+
     def known_drops(self, model: Any) -> set[str] | tuple[()]:
         """Parameters ``model`` rejected earlier (empty when none)."""
         return self._dropped_by_model.get(model, ()) if isinstance(model, str) else ()

@@ -277,7 +277,8 @@ class Run:
     def _prepare(self, index: int, request: Request) -> _State:
         body = request.body
         dropped: tuple[str, ...] = ()
-        known = self.engine.known_drops(body.get("model"))
+        engine = self.engine
+        known = engine.known_drops(body.get("model")) if engine.drops_known else ()
         if known:
             dropped = tuple(name for name in known if name in body)
             if dropped:

@@ -30,6 +30,7 @@ import orjson
 from ratelane._core.batch_line import SHAPE_HINT as _SHAPE_HINT
 from ratelane._core.batch_line import line_problems as _line_problems
 from ratelane._core.batch_line import show as _show
+from ratelane._core.batch_line import usual_line_id
 from ratelane._core.batch_line import valid_custom_id as _valid_custom_id
 from ratelane._core.errors import ConfigurationError, InputError
 from ratelane._core.models import SUPPORTED_PATHS, Request
@@ -248,8 +249,12 @@ def validate_batch_file(
         if parse_problem is not None:
             found = [parse_problem]
         else:
-            found = _line_problems(obj, number)
-            custom_id = _valid_custom_id(obj)
+            custom_id = usual_line_id(obj)  # the usual valid line, without the full checks
+            if custom_id is None:
+                found = _line_problems(obj, number)
+                custom_id = _valid_custom_id(obj)
+            else:
+                found = []
             if custom_id is not None:
                 add_hash(hash_of(custom_id))
             if estimate_tokens and isinstance(obj, dict):
