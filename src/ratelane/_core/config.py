@@ -117,14 +117,10 @@ class Price:
     cached_input_per_million: float | None = None
 
     def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
-        cached_rate = (
-            self.input_per_million
-            if self.cached_input_per_million is None
-            else self.cached_input_per_million
-        )
-        uncached = max(0, input_tokens - cached_tokens)
-        return (
-            uncached * self.input_per_million
-            + cached_tokens * cached_rate
-            + output_tokens * self.output_per_million
-        ) / 1_000_000
+        input_rate = self.input_per_million
+        cached_rate = self.cached_input_per_million
+        if cached_rate is None:
+            cached_rate = input_rate
+        uncached = input_tokens - cached_tokens if input_tokens > cached_tokens else 0
+        output = output_tokens * self.output_per_million
+        return (uncached * input_rate + cached_tokens * cached_rate + output) / 1_000_000

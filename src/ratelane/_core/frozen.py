@@ -1,12 +1,12 @@
-"""A cheaper ``__init__`` for the frozen slots dataclasses made on every request.
+"""A cheaper ``__init__`` for the public frozen dataclasses made on every request.
 
 A frozen dataclass's generated ``__init__`` stores each field with
-``object.__setattr__``, about 200 ns a field here; every request makes a
-Result (17 fields), a Decision, a Usage and a Reply, several microseconds
-in all. :func:`quick_init` gives such a class an ``__init__`` with the same
-signature that stores each field through its slot descriptor instead, a
-third of the cost. The objects are the same: still frozen (assignment raises
-``FrozenInstanceError``), with the same equality, hash and repr.
+``object.__setattr__``, about 200 ns a field here, and every request makes a
+Result (17 fields), a Usage and a Request. :func:`quick_init` gives such a
+class an ``__init__`` with the same signature that stores each field through
+its slot descriptor instead, about half the cost. The objects are the same:
+still frozen (assignment raises ``FrozenInstanceError``), with the same
+equality, hash and repr. (Internal per-answer values are plain slots classes.)
 """
 
 from __future__ import annotations

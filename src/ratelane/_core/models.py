@@ -58,9 +58,32 @@ class Usage:
         usage = body.get("usage") if type(body) is dict else None
         if type(usage) is not dict:
             return None
+        try:  # a complete Responses usage object, the usual case: read without checks...
+            input_tokens = usage["input_tokens"]
+            cached = usage["input_tokens_details"]["cached_tokens"]
+            output_tokens = usage["output_tokens"]
+            reasoning = usage["output_tokens_details"]["reasoning_tokens"]
+            total = usage["total_tokens"]
+        except (KeyError, TypeError):
+            pass
+        else:  # ...then checked at once
+            if (
+                type(input_tokens) is int
+                and type(cached) is int
+                and type(output_tokens) is int
+                and type(reasoning) is int
+                and type(total) is int
+                and total
+            ):
+                return cls(input_tokens, cached, output_tokens, reasoning, total)
+        return cls._from_usage(usage)
+
+    @classmethod
+    def _from_usage(cls, usage: dict[str, Any]) -> Usage:
+        """Any endpoint's usage object, each count checked (missing or not an int: 0)."""
         number = _count
         if "input_tokens" in usage:
-            input_tokens = usage["input_tokens"]
+            input_tokens = usage.get("input_tokens")
             output_tokens = usage.get("output_tokens")
             cached = number(usage.get("input_tokens_details"), "cached_tokens")
             reasoning = number(usage.get("output_tokens_details"), "reasoning_tokens")
@@ -258,13 +281,15 @@ class RunStats:
 
     def count_usage(self, usage: Usage, price: Price | None) -> float:
         """Add one answer's tokens, and its cost when ``price`` is known; return the cost."""
-        self.input_tokens += usage.input_tokens
-        self.cached_tokens += usage.cached_tokens
-        self.output_tokens += usage.output_tokens
+        input_tokens, cached_tokens = usage.input_tokens, usage.cached_tokens
+        output_tokens = usage.output_tokens
+        self.input_tokens += input_tokens
+        self.cached_tokens += cached_tokens
+        self.output_tokens += output_tokens
         self.reasoning_tokens += usage.reasoning_tokens
         if price is None:
             return 0.0
-        cost = price.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens)
+        cost = price.cost(input_tokens, cached_tokens, output_tokens)
         self.cost_usd = (self.cost_usd or 0.0) + cost
         return cost
 

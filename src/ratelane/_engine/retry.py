@@ -26,7 +26,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 
 from ratelane._core.config import RetryPolicy
 from ratelane._core.errors import RequestTimeout, TransportError
-from ratelane._core.frozen import quick_init
 from ratelane._core.models import ErrorInfo
 from ratelane._http.wire import request_id_of
 
@@ -78,8 +77,7 @@ _RETRYABLE_IN_BODY = frozenset({"server_error", "rate_limit_exceeded", "server_i
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|seconds?)\b", re.IGNORECASE)
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built once per answer: plain slots (frozen costs 3x)
 class Decision:
     """What one attempt produced and what to do about it.
 

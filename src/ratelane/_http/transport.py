@@ -16,7 +16,6 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from ratelane._core.errors import ConfigurationError, RequestTimeout, TransportError
-from ratelane._core.frozen import quick_init
 
 from .stream import StreamReply, is_event_stream, sse_events
 from .wire import auth_headers, join_url, mask_key
@@ -46,8 +45,7 @@ def translated_errors(url: str) -> Iterator[None]:
         raise translated(exc, url) from None
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built once per answer: plain slots (frozen costs 3x)
 class Reply:
     status: int
     headers: CIMultiDictProxy[str]

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ratelane._core.durations import parse_duration
-from ratelane._core.frozen import quick_init
 
 __all__ = [
     "REQUEST_ID_HEADERS",
@@ -57,8 +56,7 @@ def auth_headers(
     return headers
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built once per answer: plain slots (frozen costs 3x)
 class RateLimitHeaders:
     """The rate limits one answer announces; each value ``None`` when absent or unreadable.
 
