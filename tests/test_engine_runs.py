@@ -222,6 +222,27 @@ async def test_unsupported_parameters_are_dropped_once_and_remembered(
     assert sum("'seed'" in w for w in warnings) == 1
 
 
+async def test_the_callers_bodies_stay_as_they_were_when_parameters_are_dropped() -> None:
+    # Bodies with nothing to merge are sent as the caller's own dicts: removing a
+    # parameter the model rejects must copy them, never change them.
+    faults = Faults(reject_reasoning_models=frozenset({"gpt-4.1-mini"}))
+    bodies = [
+        {"model": "gpt-4.1-mini", "input": f"p{i}", "reasoning": {"effort": "low"}}
+        for i in range(12)
+    ]
+    before = [dict(body) for body in bodies]
+    async with FakeOpenAI(faults=faults) as server:
+        results = await ratelane.arun_many(
+            bodies,
+            api_key=server.api_key,
+            base_url=server.base_url,
+            max_concurrency=4,
+            progress=False,
+        )
+    assert all(r.ok and r.dropped_params == ("reasoning",) for r in results)
+    assert bodies == before
+
+
 async def test_permanent_errors_are_not_retried() -> None:
     async with FakeOpenAI(models={"gpt-4.1-mini"}) as server:
         results = await ratelane.arun_many(

@@ -125,7 +125,9 @@ class BodyDefaults:
     def apply(self, body: Mapping[str, Any], path: str) -> dict[str, Any]:
         defaults = self._by_path.get(path)
         if not defaults:
-            return dict(body)
+            # Nothing to merge: the caller's dict as it is (the engine never changes a
+            # body in place; it copies one before removing a parameter).
+            return body if type(body) is dict else dict(body)
         merged = {key: value for key, value in defaults.items() if key not in body}
         merged.update(body)
         return merged

@@ -198,10 +198,14 @@ class Discovery:
         second = int(now)
         history = self._history
         self._successes += delta
-        if history and history[-1][0] == second and self._first_success_at is not None:
-            if self._successes > 0:  # the same second as the last answer: nothing to forget
-                history[-1][1] += delta
-                return
+        if (
+            history
+            and history[-1][0] == second
+            and self._first_success_at is not None
+            and self._successes > 0
+        ):  # the same second as the last answer: nothing to forget
+            history[-1][1] += delta
+            return
         if self._successes <= 0:
             self._first_success_at = None  # every answer so far was a 429
         elif self._first_success_at is None:
