@@ -92,3 +92,55 @@ def test_fill_and_cancel_and_repr() -> None:
             Bucket(0.0, 1.0)
 
     run(scenario())
+
+
+def test_fits_says_whether_take_would_succeed_and_takes_nothing() -> None:
+    async def scenario() -> None:
+        bucket = Bucket(10.0, 5.0)
+        assert bucket.fits(5) and bucket.level == 0.0
+        assert bucket.take(4)
+        assert bucket.fits(1) and not bucket.fits(2)
+        assert bucket.level == pytest.approx(4.0)
+
+    run(scenario())
+
+
+def test_try_admit_takes_both_shares_or_neither() -> None:
+    from ratelane._http.wire import RateLimitHeaders
+    from ratelane._limits.governor import RateGovernor
+
+    async def scenario() -> None:
+        governor = RateGovernor(rpm=600, tpm=6_000, headroom=1.0, burst_s=1.0)
+        governor.observe(RateLimitHeaders(600, 6_000, 599, 5_999, None, None))
+        requests, tokens = governor._requests, governor._tokens
+        assert requests is not None and tokens is not None
+        # 10 requests and 100 tokens a second, a second of each in the buckets.
+        assert governor.try_admit(60) == asyncio.get_running_loop().time()
+        assert requests.level == pytest.approx(1.0) and tokens.level == pytest.approx(60.0)
+        assert governor.try_admit(41) is None  # the tokens do not fit: no request taken
+        assert requests.level == pytest.approx(1.0) and tokens.level == pytest.approx(60.0)
+        for _ in range(9):
+            assert governor.try_admit(1) is not None
+        assert governor.try_admit(0) is None  # the request bucket is full
+        assert tokens.level == pytest.approx(69.0)
+        governor.cool_down(1.0)
+        await asyncio.sleep(5)  # both drained
+        assert governor.try_admit(1) is not None
+        governor.cool_down(1.0)
+        assert governor.try_admit(1) is None  # cooling down: await admit()
+
+    run(scenario())
+
+
+def test_try_admit_waits_for_the_first_answer_when_a_limit_is_unknown() -> None:
+    from ratelane._limits.governor import RateGovernor
+
+    async def scenario() -> None:
+        governor = RateGovernor()
+        assert governor.try_admit(10) is None  # the probe goes through admit()
+        await governor.admit(10)
+        assert governor.try_admit(10) is None  # still no answer: the rest wait
+        governor.observe(None)
+        assert governor.try_admit(10) is not None
+
+    run(scenario())

@@ -18,7 +18,15 @@ __all__ = ["quick_init"]
 
 T = TypeVar("T")
 
-_NO_VALUE = object()  # stands in for "not passed" where a field has a default_factory
+
+class _Factory:
+    """Stands in for "not passed" where a field has a default_factory (as in dataclasses)."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_NO_VALUE = _Factory()
 
 
 def quick_init(cls: type[T]) -> type[T]:
