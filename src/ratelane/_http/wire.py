@@ -147,26 +147,49 @@ def _slot_of(name: str) -> int:
     return slot
 
 
-def read_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | None:
-    """The rate-limit view a response carries, or ``None`` if it announces no limit.
+#: The header names of an answer, in order -> the (name, slot) pairs among them that
+#: carry a limit. A server answers with the same names every time, so an answer's
+#: layout is one lookup; bounded against servers whose names keep changing.
+_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
+_LAYOUT_CACHE_LIMIT = 256
 
-    One pass over the header names, one dictionary look-up each (names are
-    classified once, then remembered); only rate-limit values are read.
-    """
-    numbers: list[float | None] = [None, None, None, None, None]
-    reset_requests = reset_tokens = None
+
+def _layout_of(names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     slot_of = _SLOT_OF_NAME.get
-    for name in headers:
+    layout = []
+    for name in names:
         slot = slot_of(name)
         if slot is None:
             slot = _slot_of(name)
         if slot:
-            if slot < _RESET_REQUESTS:
-                numbers[slot] = _smaller(numbers[slot], headers[name])
-            elif slot == _RESET_REQUESTS:
-                reset_requests = headers[name]
-            else:
-                reset_tokens = headers[name]
+            layout.append((name, slot))
+    found = tuple(layout)
+    if len(_LAYOUTS) < _LAYOUT_CACHE_LIMIT:
+        _LAYOUTS[names] = found
+    return found
+
+
+def read_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders | None:
+    """The rate-limit view a response carries, or ``None`` if it announces no limit.
+
+    The names are classified once per layout of names (see ``_LAYOUTS``); only
+    rate-limit values are read.
+    """
+    names = tuple(headers)
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        layout = _layout_of(names)
+    if not layout:
+        return None
+    numbers: list[float | None] = [None, None, None, None, None]
+    reset_requests = reset_tokens = None
+    for name, slot in layout:
+        if slot < _RESET_REQUESTS:
+            numbers[slot] = _smaller(numbers[slot], headers[name])
+        elif slot == _RESET_REQUESTS:
+            reset_requests = headers[name]
+        else:
+            reset_tokens = headers[name]
     _, limit_requests, limit_tokens, remaining_requests, remaining_tokens = numbers
     if limit_requests is None and limit_tokens is None:
         return None
