@@ -57,7 +57,7 @@ def fixed_cost_s(server: FakeServer, variant: str, options: dict[str, Any]) -> f
 
 def run(ctx: Context) -> dict[str, Any]:
     requests = ctx.pick(1_500, 20_000, smoke=150)
-    rounds = ctx.pick(1, 5)
+    rounds = ctx.pick(1, 9)
     # The SDK costs ~10x per request and varies least: fewer of its requests keep a
     # round short without changing its figure.
     sdk_requests = ctx.pick(requests, 5_000)
