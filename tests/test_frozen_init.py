@@ -76,3 +76,27 @@ def test_the_public_values_keep_their_dataclass_signature(cls: type) -> None:
             inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
         )
         assert parameter.default == expected
+
+
+def test_objects_keep_their_class_and_a_subclass_is_built_through_the_descriptors() -> None:
+    _, quick = _pair()
+    assert type(quick(1)) is quick
+
+    class Sub(quick):  # type: ignore[misc, valid-type]
+        """A plain subclass: it runs quick_init's __init__ for an object not of its class."""
+
+    sub = Sub(1, "x", e=(5,))
+    assert type(sub) is Sub and (sub.a, sub.b, sub.d, sub.e) == (1, "x", 4, (5,))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sub.a = 2
+
+
+def test_a_field_may_share_a_name_with_a_builtin() -> None:
+    error = ErrorInfo("bad", "message", type="invalid_request_error", param="model")
+    assert (error.code, error.message, error.type, error.param) == (
+        "bad",
+        "message",
+        "invalid_request_error",
+        "model",
+    )
+    assert type(error) is ErrorInfo

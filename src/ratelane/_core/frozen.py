@@ -1,12 +1,15 @@
 """A cheaper ``__init__`` for the public frozen dataclasses made on every request.
 
 A frozen dataclass's generated ``__init__`` stores each field with
-``object.__setattr__``, about 200 ns a field here, and every request makes a
-Result (17 fields), a Usage and a Request. :func:`quick_init` gives such a
-class an ``__init__`` with the same signature that stores each field through
-its slot descriptor instead, about half the cost. The objects are the same:
-still frozen (assignment raises ``FrozenInstanceError``), with the same
-equality, hash and repr. (Internal per-answer values are plain slots classes.)
+``object.__setattr__``, about 100-200 ns a field here, and every request
+makes a Result (16 slots), a Usage and a Request. :func:`quick_init` gives
+such a class an ``__init__`` with the same signature that, for the class
+itself, switches the new object to an unfrozen twin with the same slots,
+stores the fields as plain attributes and switches it back (a quarter of the
+cost); a subclass's objects are stored through the slot descriptors. The
+objects are the same: still frozen (assignment raises
+``FrozenInstanceError``), with the same equality, hash and repr.
+(Internal per-answer values are plain slots classes.)
 """
 
 from __future__ import annotations
@@ -30,16 +33,26 @@ _NO_VALUE = _Factory()
 
 
 def quick_init(cls: type[T]) -> type[T]:
-    """Replace ``cls.__init__`` (a frozen slots dataclass) with a slot-descriptor one."""
+    """Replace ``cls.__init__`` (a frozen slots dataclass) with the quicker one above."""
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen or "__slots__" not in cls.__dict__:
         raise TypeError(f"{cls.__name__} is not a frozen slots dataclass")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has __post_init__, which quick_init does not call")
-    namespace: dict[str, Any] = {"_NO_VALUE": _NO_VALUE}
+    # The twin has the same slots in the same order, so an object may switch between
+    # the two (__class__ assignment checks the layouts) and back.
+    twin = type(f"_Unfrozen{cls.__name__}", (), {"__slots__": cls.__dict__["__slots__"]})
+    namespace: dict[str, Any] = {
+        "_NO_VALUE": _NO_VALUE,
+        "_cls": cls,
+        "_twin": twin,
+        "_set_class": object.__setattr__,
+        "_type_of": type,  # a field may be called "type" (ErrorInfo's is)
+    }
     positional: list[str] = []
     keyword_only: list[str] = []
-    lines: list[str] = []
+    plain: list[str] = []
+    through_descriptors: list[str] = []
     for number, field in enumerate(dataclasses.fields(cast(Any, cls))):
         name = field.name
         namespace[f"_set{number}"] = cls.__dict__[name].__set__
@@ -58,9 +71,21 @@ def quick_init(cls: type[T]) -> type[T]:
             value, param = name, name
         if field.init:
             (keyword_only if field.kw_only else positional).append(param)
-        lines.append(f"    _set{number}(self, {value})")
+        plain.append(f"        self.{name} = {value}")
+        through_descriptors.append(f"        _set{number}(self, {value})")
     signature = ", ".join(["self", *positional, *(["*", *keyword_only] if keyword_only else [])])
-    source = f"def __init__({signature}) -> None:\n" + "\n".join(lines or ["    pass"]) + "\n"
+    source = "\n".join(
+        [
+            f"def __init__({signature}) -> None:",
+            "    if _type_of(self) is _cls:",
+            '        _set_class(self, "__class__", _twin)',
+            *plain,
+            "        self.__class__ = _cls",
+            "    else:",
+            *(through_descriptors or ["        pass"]),
+            "",
+        ]
+    )
     exec(source, namespace)
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
