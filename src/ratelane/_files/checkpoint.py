@@ -113,7 +113,9 @@ def _raw_json(result: Result) -> Any:
     raw = result.raw_body
     if raw is None:
         return None
-    if b"\n" in raw or b"\r" in raw:
+    # find(), not "in": bytes.__contains__ first tries its argument as an int and
+    # formats a TypeError for every line (two per line: 1% of a request's CPU).
+    if raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
         # Pretty-printed JSON (some compatible servers) would break the line: re-encode.
         return result.body
     # The server's compact bytes go into the line as they came: no parse, no re-encode.
