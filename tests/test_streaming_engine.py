@@ -324,6 +324,24 @@ def test_a_rate_limited_stream_pauses_the_run_and_resumes_without_repeats() -> N
     assert numbers == sorted(set(numbers))
 
 
+def test_a_rate_limit_error_mid_stream_cools_the_whole_run_down_like_a_429() -> None:
+    # The stream is accepted (200), then ends with an error event: a rate limit all the
+    # same, so every request pauses for the time it names, not only this one.
+    limited = _error_only("rate_limit_exceeded", nested=True)
+    data = orjson.loads(limited.events[-1].data)
+    data["error"]["message"] = "Rate limit reached for requests. Please try again in 1.5s."
+    limited.events[-1] = SSEEvent("error", orjson.dumps(data).decode())
+    transport = StreamingTransport(
+        lambda n: limited if n == 1 else Streamed(sse_of(final_response()))
+    )
+    engine = engine_of(transport)
+    items = run(collect(engine))
+    assert items[-1] == final_response()
+    times = [at for at, _ in transport.streamed]
+    assert len(times) == 2 and times[1] - times[0] >= 1.5
+    assert engine.governor.cooldowns == 1
+
+
 def test_the_retries_give_up_after_max_attempts_with_the_last_error() -> None:
     transport = StreamingTransport(lambda n: Streamed(sse_of(final_response(), "cut")))
 

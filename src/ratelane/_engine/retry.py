@@ -195,10 +195,11 @@ def classify(
 
     Order: billing/quota and 401 are fatal whatever else is said; then
     ``x-should-retry``; then 2xx success (a 200 whose Response ``status`` is
-    ``failed`` is judged by its error code); 408/409/5xx retry; 429 retries
-    unless it is "Request too large" (permanent); a 400 rejecting a droppable
-    parameter drops it; every other 4xx is permanent. The answer carries the
-    verdict, the error and the parameters to drop; :func:`decide` adds the rest.
+    ``failed`` is judged by its error code, ``rate_limit_exceeded`` as a 429);
+    408/409/5xx retry; 429 retries unless it is "Request too large" (permanent);
+    a 400 rejecting a droppable parameter drops it; every other 4xx is permanent.
+    The answer carries the verdict, the error and the parameters to drop;
+    :func:`decide` adds the rest.
     """
     if 200 <= status < 300:
         if isinstance(body, Mapping) and body.get("status") == "failed":
@@ -206,6 +207,8 @@ def classify(
             error = error_info_from_body(status, {"error": failure} if failure else {})
             if error.code in _BILLING_CODES:
                 return Decision(Verdict.FATAL, error)
+            if error.code == "rate_limit_exceeded":  # e.g. an error event mid-stream
+                return Decision(Verdict.RETRY_RATE_LIMITED, error)  # a 429 by another name
             retryable = error.code in _RETRYABLE_IN_BODY
             return Decision(Verdict.RETRY if retryable else Verdict.PERMANENT, error)
         return Decision(Verdict.SUCCESS)
@@ -305,7 +308,7 @@ def _with_delay(
         delay = parse_retry_after(
             headers.get("retry-after-ms"),
             headers.get("retry-after") or headers.get("llm_provider-retry-after"),
-            error.message if status == 429 else None,
+            error.message if verdict is Verdict.RETRY_RATE_LIMITED else None,
         )
         if delay is not None and delay > policy.max_retry_after_s:
             message = (
