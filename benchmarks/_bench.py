@@ -617,29 +617,6 @@ def cli_args(help_text: str, concurrency: int) -> list[str]:
     return args
 
 
-def cli_startup_cpu_s() -> float:
-    """CPU seconds of ``python -m ratelane run --help``: the start-up a CLI run pays."""
-    return startup_cpu_s([sys.executable, "-m", "ratelane", "run", "--help"])
-
-
-def raw_file_startup_cpu_s() -> float:
-    """CPU seconds of the hand-rolled file job's interpreter start-up and imports."""
-    script = str(Path(__file__).with_name("_raw_file.py"))
-    return startup_cpu_s([sys.executable, script, "--imports-only"])
-
-
-def startup_cpu_s(command: list[str], times: int = 3) -> float:
-    """Median CPU seconds of ``command`` over ``times`` runs (0 at the smoke level)."""
-    if _IN_PROCESS:
-        return 0.0  # the smoke level measures nothing; skip the interpreter starts
-    samples = []
-    for _ in range(times):
-        before = children_cpu_s()
-        subprocess.run(command, capture_output=True, timeout=60, check=False)
-        samples.append(children_cpu_s() - before)
-    return median(samples)
-
-
 @dataclass
 class LimitedRun:
     """One client run against its own fake server, with the server's view of it.

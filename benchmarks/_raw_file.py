@@ -4,8 +4,7 @@
 line's body with a pool of aiohttp workers (``RAW_CONCURRENCY``, default 64)
 to ``OPENAI_BASE_URL`` and writes one Batch output line per answer, buffered,
 with no retries, no limits, no validation and no resume: what a user's
-``asyncio.gather`` script does. ``python _raw_file.py --imports-only`` stops
-after the imports (its start-up, subtracted like the CLI's ``--help``).
+``asyncio.gather`` script does.
 """
 
 from __future__ import annotations
@@ -49,8 +48,6 @@ async def run(source: BinaryIO, output: BinaryIO) -> int:
 
 
 def main() -> int:
-    if sys.argv[1:] == ["--imports-only"]:
-        return 0
     with open(sys.argv[1], "rb") as source, open(sys.argv[2], "wb") as output:
         asyncio.run(run(source, output))
     return 0

@@ -118,14 +118,10 @@ class Engine:
             raise FatalError(f"not sent: {message}", reason=reason, stats=run.stats) from None
 
     # -- learned per-model facts ---------------------------------------------------
-    @property
-    def drops_known(self) -> bool:
-        """Whether any model rejected a parameter yet (almost never: a cheap check first)."""
-        return bool(self._dropped_by_model)
-
     def known_drops(self, model: Any) -> set[str] | tuple[()]:
         """Parameters ``model`` rejected earlier (empty when none)."""
-        return self._dropped_by_model.get(model, ()) if isinstance(model, str) else ()
+        dropped = self._dropped_by_model  # empty in almost every run: checked first
+        return dropped.get(model, ()) if dropped and isinstance(model, str) else ()
 
     def remember_drop(self, model: str, name: str) -> None:
         known = self._dropped_by_model.setdefault(model, set())

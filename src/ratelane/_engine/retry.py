@@ -73,7 +73,7 @@ _BILLING_CODES = frozenset(
     }
 )
 _PARAM_CODES = frozenset({"unsupported_parameter", "unsupported_value", "unknown_parameter"})
-_RETRYABLE_IN_BODY = frozenset({"server_error", "rate_limit_exceeded", "server_is_overloaded"})
+_RETRYABLE_IN_BODY = frozenset({"server_error", "server_is_overloaded"})
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|seconds?)\b", re.IGNORECASE)
 
 

@@ -277,8 +277,7 @@ class Run:
     def _prepare(self, index: int, request: Request) -> _State:
         body = request.body
         dropped: tuple[str, ...] = ()
-        engine = self.engine
-        known = engine.known_drops(body.get("model")) if engine.drops_known else ()
+        known = self.engine.known_drops(body.get("model"))
         if known:
             dropped = tuple(name for name in known if name in body)
             if dropped:
@@ -295,7 +294,7 @@ class Run:
     async def _attempt(self, state: _State) -> Decision:
         engine = self.engine
         governor = engine.governor
-        charge = state.charge if state.charge >= 0 else self._charge(state)
+        charge = self._charge(state)
         refused = refuse_oversized(charge, governor.token_limit)
         if refused is not None:
             return refused
@@ -470,8 +469,7 @@ class Run:
         if usage is None:
             return
         engine = self.engine
-        charged = state.charge if state.charge >= 0 else self._charge(state)
-        engine.learn_usage(usage, charged, state.input_estimate)
+        engine.learn_usage(usage, self._charge(state), state.input_estimate)
         state.cost_usd = stats.count_usage(usage, engine.price_of(state.body["model"]))
 
     def _account_failure(self, result: Result, verdict: Verdict) -> None:

@@ -481,6 +481,7 @@ class ResultWriter:
         "_clock",
         "_errors_fd",
         "_flush_error",
+        "_flush_scheduled",
         "_fsync_interval_s",
         "_last_fsync",
         "_on_sync",
@@ -530,9 +531,10 @@ class ResultWriter:
             os.close(self._output_fd)
             raise
         self._last_fsync = clock()
-        # append_soon's lines not written yet (None: no flush is scheduled).
-        self._unwritten_output: list[bytes] | None = None
+        # Lines held, not written yet; a flush is scheduled for append_soon's.
+        self._unwritten_output: list[bytes] = []
         self._unwritten_errors: list[bytes] = []
+        self._flush_scheduled = False
         self._flush_error: OSError | None = None
         #: OUTPUT's length in bytes: where the next success line goes.
         self.output_size = os.fstat(self._output_fd).st_size
@@ -551,20 +553,9 @@ class ResultWriter:
     def append(self, result: Result) -> int:
         """Append one result's line without syncing; return OUTPUT's offset of a
         success line (``-1`` for a failure, which goes to ERRORS)."""
-        if self._output_fd is None or self._errors_fd is None:
-            raise ValueError(f"{self!r} is closed")
-        if self._unwritten_output is not None:
-            self.flush()  # lines go out in the order their offsets were given
-        if result.ok:
-            line = success_line(result)
-            _write_all(self._output_fd, line)
-            offset = self.output_size
-            self.output_size = offset + len(line)
-            self.succeeded += 1
-            return offset
-        _write_all(self._errors_fd, failure_line(result))
-        self.failed += 1
-        return -1
+        offset = self._hold(result)
+        self.flush()  # with any lines append_soon holds, in the order of their offsets
+        return offset
 
     def append_soon(self, result: Result) -> int:
         """:meth:`append`, written at the end of this pass of the running event loop.
@@ -573,17 +564,21 @@ class ResultWriter:
         on resume, never written twice (the resume marker only ever records a
         size after :meth:`flush`). A write error is raised by the next call.
         """
+        offset = self._hold(result)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_in_loop)
+        return offset
+
+    def _hold(self, result: Result) -> int:
+        """Build the result's line and give it its place; :meth:`flush` writes it."""
         if self._output_fd is None:
             raise ValueError(f"{self!r} is closed")
         if self._flush_error is not None:
             raise self._flush_error
-        unwritten = self._unwritten_output
-        if unwritten is None:
-            unwritten = self._unwritten_output = []
-            asyncio.get_running_loop().call_soon(self._flush_in_loop)
         if result.ok:
             line = success_line(result)
-            unwritten.append(line)
+            self._unwritten_output.append(line)
             offset = self.output_size
             self.output_size = offset + len(line)
             self.succeeded += 1
@@ -593,20 +588,21 @@ class ResultWriter:
         return -1
 
     def flush(self) -> None:
-        """Write what :meth:`append_soon` holds (it does so itself at the end of the pass)."""
+        """Write the lines held so far (append_soon's are written at the end of the pass)."""
         if self._flush_error is not None:
             raise self._flush_error
-        unwritten, self._unwritten_output = self._unwritten_output, None
-        if self._output_fd is None or self._errors_fd is None or unwritten is None:
+        if self._output_fd is None or self._errors_fd is None:
             return
-        if unwritten:
-            _write_all(self._output_fd, b"".join(unwritten))
-        errors = self._unwritten_errors
+        output, errors = self._unwritten_output, self._unwritten_errors
+        if output:
+            self._unwritten_output = []
+            _write_all(self._output_fd, b"".join(output))
         if errors:
             self._unwritten_errors = []
             _write_all(self._errors_fd, b"".join(errors))
 
     def _flush_in_loop(self) -> None:
+        self._flush_scheduled = False
         try:
             self.flush()
         except OSError as error:  # raised where it can be handled: the next call
